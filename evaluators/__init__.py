@@ -1,0 +1,1 @@
+"""Measurements of a built module: MACs (fvcore, torchprofile), parameters, quality, latency."""

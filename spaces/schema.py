@@ -1,0 +1,315 @@
+"""Loading and validating search-space files.
+
+A space file is data: it is parsed with ``yaml.safe_load``, checked against a JSON Schema
+(one per family) and then against the few rules a schema cannot say. Every error names the
+file, the key path and the line, and says what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from spaces.errors import SpaceError
+
+FAMILIES = ("resnet", "inception", "agd")
+NORMS = ("instance", "batch")
+RESNET_BLOCKS = ("plain", "mobile")
+AGD_OPERATORS = ("conv", "res", "sep", "skip")
+SAMPLING_SITES = ("stem", "down1", "trunk", "up1", "up2")
+
+_POSITIVE_INT = {"type": "integer", "minimum": 1}
+
+
+def _width_site(minimum: int = 1) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["choices"],
+        "additionalProperties": False,
+        "properties": {
+            "choices": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "items": {"type": "integer", "minimum": minimum},
+            },
+            "scale": _POSITIVE_INT,
+        },
+    }
+
+
+_COMMON_PROPERTIES: dict[str, Any] = {
+    "family": {"enum": list(FAMILIES)},
+    "description": {"type": "string"},
+    "in_channels": _POSITIVE_INT,
+    "out_channels": _POSITIVE_INT,
+    "norm": {"enum": list(NORMS)},
+    "resolution": {"type": "integer", "minimum": 16},
+    "global_residual": {"type": "boolean"},
+    "widths": {
+        "type": "object",
+        "required": list(SAMPLING_SITES),
+        "additionalProperties": False,
+        "properties": {site: _width_site() for site in SAMPLING_SITES},
+    },
+}
+_COMMON_REQUIRED = ["family", "in_channels", "out_channels", "norm", "widths"]
+
+_FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
+    "resnet": {
+        "block": {"enum": list(RESNET_BLOCKS)},
+        "blocks": _POSITIVE_INT,
+        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "groups": {"type": "array", "minItems": 1, "items": _width_site()},
+    },
+    "inception": {
+        "blocks": _POSITIVE_INT,
+        "kernel_sizes": {
+            "type": "array", "minItems": 1, "uniqueItems": True, "items": _POSITIVE_INT,
+        },
+        "branch_widths": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "integer", "minimum": 0},
+        },
+    },
+    "agd": {
+        "layers": _POSITIVE_INT,
+        "operators": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"enum": list(AGD_OPERATORS)},
+        },
+        "width_ratios": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        },
+    },
+}
+_FAMILY_REQUIRED = {
+    "resnet": ["block", "blocks", "groups"],
+    "inception": ["blocks", "kernel_sizes", "branch_widths"],
+    "agd": ["layers", "operators", "width_ratios"],
+}
+
+
+def family_schema(family: str) -> dict[str, Any]:
+    """The JSON Schema a space file of ``family`` must satisfy."""
+    return {
+        "type": "object",
+        "required": _COMMON_REQUIRED + _FAMILY_REQUIRED[family],
+        "additionalProperties": False,
+        "properties": {**_COMMON_PROPERTIES, **_FAMILY_PROPERTIES[family]},
+    }
+
+
+@dataclass(frozen=True)
+class WidthSite:
+    """A searchable channel width: ``channels = choice * scale``."""
+
+    choices: tuple[int, ...]
+    scale: int = 1
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A validated space file. Family-specific fields are empty for other families."""
+
+    name: str
+    file: str
+    family: str
+    in_channels: int
+    out_channels: int
+    norm: str
+    resolution: int
+    global_residual: bool
+    widths: dict[str, WidthSite]
+    description: str = ""
+    # resnet
+    block: str = ""
+    blocks: int = 0
+    dropout: float = 0.0
+    groups: tuple[WidthSite, ...] = ()
+    # inception
+    kernel_sizes: tuple[int, ...] = ()
+    branch_widths: tuple[int, ...] = ()
+    # agd
+    layers: int = 0
+    operators: tuple[str, ...] = ()
+    width_ratios: tuple[float, ...] = ()
+
+
+class _Lines:
+    """Maps a key path of the parsed document to its line (1-based) via yaml's node tree."""
+
+    def __init__(self, text: str) -> None:
+        self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        node = self.root
+        if node is None:
+            return None
+        for key in path:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if k.value == str(key):
+                        child = v
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                if key < len(node.value):
+                    child = node.value[key]
+            if child is None:
+                break
+            node = child
+        return node.start_mark.line + 1
+
+    def key_line(self, path: tuple[Any, ...], key: str) -> int | None:
+        """Line of the key ``key`` inside the mapping at ``path`` (for unknown keys)."""
+        parent_line = self.line(path)
+        node = self.root
+        for part in path:
+            found = None
+            if isinstance(node, yaml.MappingNode):
+                found = next((v for k, v in node.value if k.value == str(part)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                found = node.value[part] if part < len(node.value) else None
+            if found is None:
+                return parent_line
+            node = found
+        if isinstance(node, yaml.MappingNode):
+            for k, _ in node.value:
+                if k.value == key:
+                    return k.start_mark.line + 1
+        return parent_line
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str, str | None]:
+    """(key path, message, unknown key) for one schema error, in words a user can act on."""
+    path = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    value = error.instance
+    kind = error.validator
+    if kind == "required":
+        missing = error.message.split("'")[1]
+        return path + (missing,), f"missing key '{missing}'; add it (see the built-in spaces/*.yaml)", None
+    if kind == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(value) - set(allowed))[0]
+        return path + (extra,), f"unknown key '{extra}'; allowed keys: {', '.join(allowed)}", extra
+    if kind == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        what = "operator" if path and path[0] == "operators" else "value"
+        return path, f"unknown {what} {value!r}; allowed: {allowed}", None
+    if kind == "type":
+        expected = error.validator_value
+        if expected == "integer" and schema.get("minimum", 0) >= 1:
+            return path, f"{value!r} is not a positive integer", None
+        return path, f"expected {'an' if expected[0] in 'aeiou' else 'a'} {expected}, got {value!r}", None
+    if kind == "minimum":
+        if error.validator_value == 1:
+            what = "a block count of 0" if path and path[-1] in ("blocks", "layers") else f"{value!r}"
+            return path, f"{what} is not allowed; must be a positive integer", None
+        return path, f"{value!r} is too small; must be >= {error.validator_value}", None
+    if kind == "exclusiveMinimum":
+        return path, f"{value!r} is too small; must be > {error.validator_value}", None
+    if kind in ("maximum", "exclusiveMaximum"):
+        op = "<=" if kind == "maximum" else "<"
+        return path, f"{value!r} is too large; must be {op} {error.validator_value}", None
+    if kind == "minItems":
+        return path, "empty choice list; give at least one choice", None
+    if kind == "uniqueItems":
+        return path, f"duplicate entries in {value!r}; list each choice once", None
+    return path, error.message, None
+
+
+def _fail(file: str, lines: _Lines, path: tuple[Any, ...], message: str, key: str | None = None) -> None:
+    line = lines.key_line(path[:-1], key) if key is not None else lines.line(path)
+    raise SpaceError(file, _dotted(path), line, message)
+
+
+def _site(raw: dict[str, Any]) -> WidthSite:
+    return WidthSite(tuple(sorted(int(c) for c in raw["choices"])), int(raw.get("scale", 1)))
+
+
+def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
+    """Validate the text of a space file and return its spec; raises SpaceError."""
+    try:
+        data = yaml.safe_load(text)
+        lines = _Lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpaceError(file, "", mark.line + 1 if mark else None, f"not valid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpaceError(file, "", 1, "a space file must be a mapping of keys (family, widths, ...); "
+                         "copy one of the built-in spaces/*.yaml")
+    family = data.get("family")
+    if family not in FAMILIES:
+        if "family" not in data:
+            _fail(file, lines, ("family",), f"missing key 'family'; allowed: {', '.join(FAMILIES)}")
+        _fail(file, lines, ("family",), f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
+    validator = jsonschema.Draft202012Validator(family_schema(family))
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    if errors:
+        path, message, key = _describe(errors[0])
+        _fail(file, lines, path, message, key)
+
+    widths = {site: _site(data["widths"][site]) for site in SAMPLING_SITES}
+    resolution = int(data.get("resolution", 256))
+    if resolution % 4:
+        _fail(file, lines, ("resolution",), f"{resolution} is not a multiple of 4 (two stride-2 downsamplings)")
+    spec = dict(
+        name=name, file=file, family=family,
+        in_channels=int(data["in_channels"]), out_channels=int(data["out_channels"]),
+        norm=data["norm"], resolution=resolution, global_residual=bool(data.get("global_residual", False)),
+        widths=widths, description=str(data.get("description", "")),
+    )
+    if spec["global_residual"] and spec["in_channels"] != spec["out_channels"]:
+        _fail(file, lines, ("global_residual",),
+              "global_residual needs in_channels == out_channels (the input is added to the output)")
+    if family == "resnet":
+        groups = tuple(_site(g) for g in data["groups"])
+        if len(groups) > data["blocks"]:
+            _fail(file, lines, ("groups",), f"{len(groups)} block groups but only {data['blocks']} blocks; "
+                  "give at most one group per block")
+        spec.update(block=data["block"], blocks=int(data["blocks"]), groups=groups,
+                    dropout=float(data.get("dropout", 0.0)))
+    elif family == "inception":
+        for i, k in enumerate(data["kernel_sizes"]):
+            if k % 2 == 0:
+                _fail(file, lines, ("kernel_sizes", i), f"kernel size {k} is even; use odd sizes (1, 3, 5, ...)")
+        spec.update(blocks=int(data["blocks"]), kernel_sizes=tuple(int(k) for k in data["kernel_sizes"]),
+                    branch_widths=tuple(sorted(int(w) for w in data["branch_widths"])))
+    else:
+        largest = max(widths["trunk"].choices) * widths["trunk"].scale
+        hidden = [max(1, int(round(r * largest))) for r in data["width_ratios"]]
+        if len(set(hidden)) != len(hidden):
+            _fail(file, lines, ("width_ratios",), f"ratios {data['width_ratios']} give duplicate widths {hidden} "
+                  f"of the largest trunk width {largest}; use ratios that differ by more")
+        spec.update(layers=int(data["layers"]), operators=tuple(data["operators"]),
+                    width_ratios=tuple(sorted(float(r) for r in data["width_ratios"])))
+    return SpaceSpec(**spec)
+
+
+def load_space_file(path: str | Path) -> SpaceSpec:
+    """Read and validate a space file; raises SpaceError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpaceError(str(path), "", None, "file not found; give a built-in space name "
+                         f"({', '.join(FAMILIES)}) or the path of a space YAML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpaceError(str(path), "", None, f"cannot read the file ({exc.__class__.__name__}: {exc})") from None
+    return parse_space(text, file=str(path), name=path.stem)
+
