@@ -41,3 +41,29 @@ def count_macs(module: nn.Module, height: int, width: int, *, convention: str = 
             return int(profile_macs(module, x))
     finally:
         module.train(was_training)
+
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def format_macs(macs: float) -> str:
+    """``2618425344`` -> ``2.618G``."""
+    for unit in ("T", "G", "M", "K"):
+        if abs(macs) >= _UNITS[unit]:
+            return f"{macs / _UNITS[unit]:.4g}{unit}"
+    return str(int(macs))
+
+
+def parse_macs(text: str) -> int:
+    """``2.6G``, ``500M``, ``2.6e9`` -> MACs; raises ValueError with what is accepted."""
+    raw = str(text).strip()
+    number, unit = raw, ""
+    if raw and raw[-1].upper() in _UNITS and raw[-1].isalpha():
+        number, unit = raw[:-1], raw[-1].upper()
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as MACs; write e.g. 2.6G, 500M or 2.6e9") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"MACs must be a positive number, got {text!r}; write e.g. 2.6G, 500M or 2.6e9")
+    return int(round(value))

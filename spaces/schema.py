@@ -127,6 +127,7 @@ class SpaceSpec:
     global_residual: bool
     widths: dict[str, WidthSite]
     description: str = ""
+    text: str = ""  # the file's text, so that checkpoints can carry their space
     # resnet
     block: str = ""
     blocks: int = 0
@@ -272,7 +273,7 @@ def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
         name=name, file=file, family=family,
         in_channels=int(data["in_channels"]), out_channels=int(data["out_channels"]),
         norm=data["norm"], resolution=resolution, global_residual=bool(data.get("global_residual", False)),
-        widths=widths, description=str(data.get("description", "")),
+        widths=widths, description=str(data.get("description", "")), text=text,
     )
     if spec["global_residual"] and spec["in_channels"] != spec["out_channels"]:
         _fail(file, lines, ("global_residual",),

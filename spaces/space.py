@@ -65,6 +65,11 @@ class SearchSpace:
         return self.spec.name
 
     @property
+    def spec_text(self) -> str:
+        """The YAML text of the space file."""
+        return self.spec.text
+
+    @property
     def family(self) -> str:
         return self.spec.family
 

@@ -1,0 +1,1 @@
+"""Training, search, export and the command-line entry points."""

@@ -1,0 +1,103 @@
+"""Reading and writing generator checkpoints, safely and atomically.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)``: a pickle that would run
+code is refused. A generator checkpoint of this project holds the space file's text, the
+config string and the state dict, so it rebuilds without the space file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from spaces.errors import UserError
+from spaces.schema import parse_space
+from spaces.space import Config, SearchSpace
+
+FORMAT = "gan-nas/generator-v1"
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; one-line UserError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; give the path of a .pth file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
+        raise UserError(f"refused to load {path}: it is a pickle that would run code, not plain weights "
+                        f"({detail.strip()}); re-save it as a state dict of tensors") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class LoadedGenerator:
+    """A generator module with the space and config that describe it."""
+
+    module: nn.Module
+    space: SearchSpace
+    config: Config
+    source: str
+
+
+def generator_record(module: nn.Module, space: SearchSpace, config: Config, **meta: Any) -> dict[str, Any]:
+    """The dict a generator checkpoint holds (see ``FORMAT``)."""
+    return {
+        "format": FORMAT,
+        "space_name": space.name,
+        "space_yaml": space.spec_text,
+        "config": space.encode(config),
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "meta": meta,
+    }
+
+
+def save_generator(path: str | Path, module: nn.Module, space: SearchSpace, config: Config, **meta: Any) -> None:
+    atomic_save(generator_record(module, space, config, **meta), path)
+
+
+def generator_from_record(record: dict[str, Any], source: str) -> LoadedGenerator:
+    space = SearchSpace(parse_space(record["space_yaml"], file=f"{source} (embedded space)",
+                                    name=record.get("space_name", "checkpoint")))
+    config = space.decode(record["config"])
+    module = space.build(config)
+    try:
+        module.load_state_dict(record["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {source} does not match its own config: {str(exc).splitlines()[0]}") from None
+    return LoadedGenerator(module.eval(), space, config, source)
+
+
+def load_generator(path: str | Path) -> LoadedGenerator:
+    """A generator from a checkpoint of this project or a pix2pix/CycleGAN ``*_net_G*.pth``."""
+    data = safe_load(path)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return generator_from_record(data, str(path))
+    from nas.teacher import import_pix2pix
+
+    return import_pix2pix(data, source=str(path))
