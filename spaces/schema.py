@@ -149,23 +149,25 @@ class _Lines:
         self.root = yaml.compose(text, Loader=yaml.SafeLoader)
 
     def line(self, path: tuple[Any, ...]) -> int | None:
+        """Line of the deepest existing node on ``path`` (of its key, for a mapping entry)."""
         node = self.root
         if node is None:
             return None
+        line = node.start_mark.line + 1
         for key in path:
             child = None
             if isinstance(node, yaml.MappingNode):
                 for k, v in node.value:
                     if k.value == str(key):
-                        child = v
+                        child, line = v, k.start_mark.line + 1
                         break
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if key < len(node.value):
-                    child = node.value[key]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                child = node.value[key]
+                line = child.start_mark.line + 1
             if child is None:
                 break
             node = child
-        return node.start_mark.line + 1
+        return line
 
     def key_line(self, path: tuple[Any, ...], key: str) -> int | None:
         """Line of the key ``key`` inside the mapping at ``path`` (for unknown keys)."""

@@ -1,0 +1,79 @@
+"""One set of supernet weights serves every config; extracted subnets are plain and equal."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from spaces import load_space
+from spaces.schema import parse_space
+from spaces.space import SearchSpace
+from spaces.supernet import Supernet
+
+PLAIN_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.Identity,
+               nn.ReflectionPad2d, nn.Sequential, nn.ModuleDict, nn.Dropout)
+
+
+def small_space(name: str, root, norm: str = "instance") -> SearchSpace:
+    text = (root / "spaces" / f"{name}.yaml").read_text().replace("norm: instance", f"norm: {norm}")
+    return SearchSpace(parse_space(text, file=f"{name}.yaml", name=name))
+
+
+@pytest.mark.parametrize("name", ["resnet", "inception", "agd"])
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_extract_equals_supernet(name, norm, root):
+    torch.manual_seed(0)
+    space = small_space(name, root, norm)
+    supernet = Supernet(space)
+    for m in supernet.modules():  # non-trivial batch-norm statistics, so slicing mistakes show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    supernet.eval()
+    rng = random.Random(4)
+    x = torch.randn(2, 3, 32, 32)
+    outputs = set()
+    for config in [space.min_config(), space.max_config()] + [space.sample(rng) for _ in range(8)]:
+        supernet.set_active(config)
+        sub = supernet.extract()
+        assert not sub.training
+        with torch.no_grad():
+            expected, got = supernet(x), sub(x)
+        assert (expected - got).abs().max().item() < 1e-5, space.encode(config)
+        outputs.add(round(got.sum().item(), 3))
+        assert sum(p.numel() for p in sub.parameters()) == space.params(config)
+        assert all(type(m).__module__.startswith("torch.nn") or type(m).__name__ in
+                   ("Generator", "ResnetBlock", "InceptionBlock", "ConvCell", "Residual") for m in sub.modules())
+    assert len(outputs) > 5  # different configs really compute different functions
+
+
+def test_extract_in_training_mode_matches_batch_statistics(root):
+    torch.manual_seed(1)
+    space = small_space("resnet", root, "batch")
+    supernet = Supernet(space).train()
+    config = space.sample(random.Random(2))
+    supernet.set_active(config)
+    sub = supernet.extract()
+    x = torch.randn(4, 3, 32, 32)
+    assert sub.training
+    assert (supernet(x) - sub(x)).abs().max().item() < 1e-5
+
+
+def test_shared_weights_are_inherited_by_every_subnet(root):
+    space = load_space("resnet")
+    supernet = Supernet(space)
+    with torch.no_grad():
+        supernet.net.stem[1].weight.fill_(0.5)
+    small = supernet.extract(space.min_config())
+    assert small.stem[1].weight.shape[0] == 16 and torch.all(small.stem[1].weight == 0.5)
+
+
+def test_set_active_controls_the_forward(root):
+    space = small_space("agd", root)
+    supernet = Supernet(space).eval()
+    config = space.decode("16_32_64_" + "_".join(["skip"] * 9) + "_32_16")
+    supernet.set_active(config)
+    assert all(cell.active == "skip" for cell in supernet.net.trunk)
+    assert supernet.net.up1[0].active_out == 32
+    assert supernet(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
