@@ -1,7 +1,6 @@
 """pix2pix/CycleGAN generator checkpoints load as teachers that compute what the original does."""
 
 import os
-import pickle
 
 import pytest
 import torch

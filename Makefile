@@ -1,0 +1,28 @@
+# Set-up and the commands of the README. Every target creates .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Two test workers on two cores; torch's own threads would only fight them.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+.PHONY: venv demo test test-slow bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: venv
+	for space in resnet inception agd; do $(PY) -m nas.inspect --space $$space --config max || exit 1; \
+		$(PY) -m nas.inspect --space $$space --config min || exit 1; echo; done
+
+test: venv
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q
+
+test-slow: venv
+	$(TEST_ENV) $(PY) -m pytest -n 2 -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache

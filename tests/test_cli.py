@@ -1,0 +1,66 @@
+"""``python -m nas.inspect`` as a user runs it: figures, JSON, checkpoints, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from reference import ResnetGenerator
+
+
+def inspect(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nas.inspect", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_max_config_prints_both_conventions_and_params():
+    out = inspect("--space", "resnet", "--config", "16_16_24_16_32_64_16_24", "--resolution", "256")
+    assert out.returncode == 0, out.stderr
+    assert "2.618G torchprofile" in out.stdout and "2.028G fvcore" in out.stdout
+    assert "355,235" in out.stdout and "256x256" in out.stdout
+
+
+def test_json_min_config_and_trace():
+    out = inspect("--space", "agd", "--config", "min", "--json", "--trace", "--resolution", "32")
+    report = json.loads(out.stdout)
+    assert report["config"].startswith("16_32_64_skip") and report["resolution"] == [32, 32]
+    assert report["macs"] == report["traced_macs"] and report["params"] > 0
+
+
+def test_space_by_path(tmp_path, root):
+    text = (root / "spaces" / "inception.yaml").read_text().replace("blocks: 9", "blocks: 3")
+    (tmp_path / "mine.yaml").write_text(text)
+    out = inspect("--space", str(tmp_path / "mine.yaml"), "--json")
+    report = json.loads(out.stdout)
+    assert report["space"] == "mine" and len(report["config"].split("_")) == 5 + 3 * 6
+
+
+def test_teacher_checkpoint(tmp_path):
+    torch.save(ResnetGenerator(ngf=64, n_blocks=9).state_dict(), tmp_path / "latest_net_G.pth")
+    out = inspect("--teacher", str(tmp_path / "latest_net_G.pth"))
+    assert out.returncode == 0, out.stderr
+    assert "56.8G torchprofile" in out.stdout and "11,378,179" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "unet"], "unknown space 'unet'"),
+    (["--space", "resnet", "--config", "16_16"], "has 2 values"),
+    (["--space", "resnet", "--resolution", "30"], "resolution '30' is not allowed"),
+    (["--teacher", "/nonexistent.pth"], "not found"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    out = inspect(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_space_file_reports_file_and_line(tmp_path, root):
+    text = (root / "spaces" / "agd.yaml").read_text().replace("[conv, res, sep, skip]", "[conv, res, sep, skipp]")
+    (tmp_path / "bad.yaml").write_text(text)
+    out = inspect("--space", str(tmp_path / "bad.yaml"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("operators"))
+    assert f"bad.yaml:{line}: operators[3]: unknown operator 'skipp'" in out.stderr
