@@ -8,7 +8,7 @@ structure from elastic layers (``spaces.supernet``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn

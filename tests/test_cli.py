@@ -62,5 +62,5 @@ def test_bad_space_file_reports_file_and_line(tmp_path, root):
     (tmp_path / "bad.yaml").write_text(text)
     out = inspect("--space", str(tmp_path / "bad.yaml"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("operators"))
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if text_line.startswith("operators"))
     assert f"bad.yaml:{line}: operators[3]: unknown operator 'skipp'" in out.stderr

@@ -58,7 +58,8 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
 def test_shape_mismatch_is_named(tmp_path):
     state = ResnetGenerator(ngf=8, n_blocks=9).state_dict()
     state["model.10.conv_block.1.weight"] = torch.zeros(16, 32, 3, 3)
-    with pytest.raises(UserError, match=r"model\.10\.conv_block\.1\.weight has shape \[16, 32, 3, 3\] but .* expects \[32, 32, 3, 3\]"):
+    expected = r"model\.10\.conv_block\.1\.weight has shape \[16, 32, 3, 3\] but .* expects \[32, 32, 3, 3\]"
+    with pytest.raises(UserError, match=expected):
         load_generator(saved(tmp_path, state))
 
 
