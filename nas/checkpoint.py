@@ -49,6 +49,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared like any output
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -98,6 +99,8 @@ def load_generator(path: str | Path) -> LoadedGenerator:
     data = safe_load(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return generator_from_record(data, str(path))
+    if isinstance(data, dict) and isinstance(data.get("generator"), dict) and data["generator"].get("format") == FORMAT:
+        return generator_from_record(data["generator"], str(path))  # a teacher's training checkpoint
     from nas.teacher import import_pix2pix
 
     return import_pix2pix(data, source=str(path))

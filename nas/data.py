@@ -1,0 +1,255 @@
+"""Tasks: the embedded ``sr4x`` task and the folder layouts users already have.
+
+Images are float tensors C x H x W in [-1, 1]. A task has train / val / test splits made by
+image, never by crop, so that a search (val) never sees the images of the final report (test).
+Unaligned or input-only data have no targets: the teacher's outputs stand in for them
+("pseudo pairs", as in GAN Compression).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spaces.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+# The colour photos shipped inside scikit-image, split by image (fixed; see the README).
+# The two motorcycle views are a stereo pair of one scene, so both are in train.
+SR4X_SPLIT = {
+    "train": ("astronaut", "hubble_deep_field", "retina", "motorcycle_left", "motorcycle_right"),
+    "val": ("coffee", "immunohistochemistry"),
+    "test": ("chelsea", "rocket"),
+}
+SR_SCALE = 4
+
+
+@dataclass
+class Split:
+    """Images of one split; ``targets`` is None where the teacher provides them."""
+
+    inputs: list[torch.Tensor]
+    targets: list[torch.Tensor] | None
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # sr4x | aligned | unaligned | single
+    train: Split
+    val: Split
+    test: Split
+    scale: int = 1  # the input an application gets is this many times smaller (bicubic-upscaled first)
+    eval_size: int = 256
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def paired(self) -> bool:
+        return self.train.targets is not None
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
+
+    def batch(self, *, seed: int, step: int, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Random aligned crops (and flips) of training images; a pure function of (seed, step)."""
+        rng = random.Random(seed * 1_000_003 + step)
+        xs, ys = [], []
+        for _ in range(batch_size):
+            i = rng.randrange(len(self.train))
+            x = self.train.inputs[i]
+            _, h, w = x.shape
+            top, left = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
+            flip = rng.random() < 0.5
+            pieces = [x] + ([self.train.targets[i]] if self.train.targets is not None else [])
+            pieces = [p[:, top:top + crop, left:left + crop] for p in pieces]
+            if flip:
+                pieces = [p.flip(-1) for p in pieces]
+            xs.append(pieces[0])
+            if len(pieces) > 1:
+                ys.append(pieces[1])
+        return torch.stack(xs), (torch.stack(ys) if ys else None)
+
+    def eval_images(self, split: str = "val") -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        """(name, input, target) per image: a centre crop of at most ``eval_size``, sides multiples of 4."""
+        data = self.split(split)
+        out = []
+        for i, (name, x) in enumerate(zip(data.names, data.inputs)):
+            y = data.targets[i] if data.targets is not None else None
+            out.append((name, centre_crop(x, self.eval_size), centre_crop(y, self.eval_size) if y is not None else None))
+        return out
+
+
+def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    _, h, w = image.shape
+    ch, cw = min(h, size) // 4 * 4, min(w, size) // 4 * 4
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return image[:, top:top + ch, left:left + cw]
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 -> float 3 x H x W in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """float C x H x W in [-1, 1] -> uint8 H x W x C."""
+    return image.detach().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def downscale(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic (antialiased) downscaling of a C x H x W image whose sides are multiples of ``scale``."""
+    _, h, w = image.shape
+    out = F.interpolate(image[None], size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
+    return out[0].clamp(-1, 1)
+
+
+def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Bicubic upscaling: the input the super-resolution generator refines."""
+    _, h, w = image.shape
+    out = F.interpolate(image[None], size=(h * scale, w * scale), mode="bicubic", align_corners=False)
+    return out[0].clamp(-1, 1)
+
+
+def sr_pair(hr: torch.Tensor, scale: int = SR_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bicubic-down-then-up input, original) of an image cropped to multiples of ``scale``."""
+    _, h, w = hr.shape
+    hr = hr[:, : h // scale * scale, : w // scale * scale]
+    return upscale(downscale(hr, scale), scale), hr
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return left if name.endswith("left") else right
+    return getattr(skimage.data, name)()
+
+
+def sr4x_task(eval_size: int = 256) -> Task:
+    """4x super-resolution on the colour photos shipped with scikit-image."""
+    splits = {}
+    for split, names in SR4X_SPLIT.items():
+        pairs = [sr_pair(to_tensor(_skimage_photo(n))) for n in names]
+        splits[split] = Split([p[0] for p in pairs], [p[1] for p in pairs], list(names))
+    return Task("sr4x", "sr4x", splits["train"], splits["val"], splits["test"], scale=SR_SCALE, eval_size=eval_size,
+                notes={"split": "; ".join(f"{k}: {', '.join(v)}" for k, v in SR4X_SPLIT.items())})
+
+
+def read_image(path: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return to_tensor(np.asarray(image.convert("RGB")))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc.__class__.__name__}; remove or replace the file") from None
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_folder(folder: Path, *, what: str) -> tuple[list[torch.Tensor], list[str]]:
+    if not folder.is_dir():
+        raise UserError(f"missing folder {folder} ({what})")
+    files = image_files(folder)
+    if not files:
+        raise UserError(f"folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}); {what} needs at least one")
+    images = [read_image(p) for p in files]
+    first = images[0].shape
+    for path, image in zip(files, images):
+        if image.shape != first:
+            raise UserError(f"image {path} is {image.shape[2]}x{image.shape[1]} but {files[0].name} in the same folder "
+                            f"is {first[2]}x{first[1]}; images of one folder must share a size")
+    return images, [p.name for p in files]
+
+
+def _aligned_split(folder: Path, what: str) -> Split:
+    images, names = _read_folder(folder, what=what)
+    inputs, targets = [], []
+    for name, image in zip(names, images):
+        width = image.shape[2]
+        if width % 2:
+            raise UserError(f"image {folder / name} is {width} pixels wide; an aligned pair (A|B side by side) "
+                            "needs an even width")
+        inputs.append(image[:, :, : width // 2])
+        targets.append(image[:, :, width // 2:])
+    return Split(inputs, targets, names)
+
+
+def _halves(images: list[torch.Tensor], names: list[str]) -> tuple[Split, Split]:
+    """Sorted images: the first half for validation, the rest for test (no image in both)."""
+    if len(images) < 2:
+        raise UserError(f"need at least 2 evaluation images to split into val and test, found {len(images)} "
+                        f"({', '.join(names)})")
+    half = len(images) // 2
+    return Split(images[:half], None, names[:half]), Split(images[half:], None, names[half:])
+
+
+def folder_task(root: Path, eval_size: int = 256) -> Task:
+    """pix2pix (train/ val/ [test/]), CycleGAN (trainA/ testA/ ...) or one folder of input images."""
+    if not root.exists():
+        raise UserError(f"task {root} not found; give sr4x or a data folder")
+    if not root.is_dir():
+        raise UserError(f"task {root} is not a folder; give sr4x or a data folder")
+    if (root / "train").is_dir():
+        train = _aligned_split(root / "train", "aligned training pairs")
+        val = _aligned_split(root / "val", "aligned validation pairs (pix2pix layout: train/ val/ test/)")
+        test = _aligned_split(root / "test", "aligned test pairs") if (root / "test").is_dir() else val
+        notes = {"split": "train/, val/, test/" if (root / "test").is_dir() else "train/, val/ (no test/: val is reported)"}
+        return Task(str(root), "aligned", train, val, test, eval_size=eval_size, notes=notes)
+    if (root / "trainA").is_dir() or (root / "testA").is_dir():
+        inputs, names = _read_folder(root / "trainA", what="unaligned training inputs (CycleGAN layout)")
+        train = Split(inputs, None, names)
+        if (root / "valA").is_dir():
+            v_images, v_names = _read_folder(root / "valA", what="validation inputs")
+            t_images, t_names = _read_folder(root / "testA", what="test inputs (CycleGAN layout)")
+            val, test = Split(v_images, None, v_names), Split(t_images, None, t_names)
+            notes = {"split": "trainA/, valA/, testA/"}
+        else:
+            val, test = _halves(*_read_folder(root / "testA", what="test inputs (CycleGAN layout)"))
+            notes = {"split": "trainA/; testA/ sorted, first half val, second half test"}
+        return Task(str(root), "unaligned", train, val, test, eval_size=eval_size, notes=notes)
+    files = image_files(root)
+    if not files:
+        raise UserError(f"{root} has no train/, trainA/ or images; expected a pix2pix (train/ val/ test/), "
+                        "CycleGAN (trainA/ testA/) or single-folder layout")
+    images, names = _read_folder(root, what="input images")
+    if len(images) < 3:
+        raise UserError(f"{root} has {len(images)} image(s); a single-folder task needs at least 3 "
+                        "(split by image into train, val and test)")
+    n_val = n_test = max(1, len(images) // 10)
+    n_train = len(images) - n_val - n_test
+    split = lambda a, b: Split(images[a:b], None, names[a:b])  # noqa: E731
+    return Task(str(root), "single", split(0, n_train), split(n_train, n_train + n_val), split(n_train + n_val, None),
+                eval_size=eval_size, notes={"split": "sorted files: last 10% test, the 10% before val, rest train"})
+
+
+def load_task(spec: str, *, eval_size: int = 256) -> Task:
+    """``sr4x`` or the path of a data folder."""
+    if spec == "sr4x":
+        return sr4x_task(eval_size)
+    return folder_task(Path(spec), eval_size)
+
+
+def check_crop(task: Task, crop: int) -> None:
+    """Fail early, naming the image, when a training image is smaller than the crop."""
+    if crop % 4 or crop < 16:
+        raise UserError(f"crop {crop} is not allowed; use a multiple of 4, at least 16")
+    for name, image in zip(task.train.names, task.train.inputs):
+        if image.shape[1] < crop or image.shape[2] < crop:
+            raise UserError(f"training image {name} is {image.shape[2]}x{image.shape[1]}, smaller than the crop {crop}; "
+                            "pass a smaller --crop")

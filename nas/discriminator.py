@@ -1,0 +1,36 @@
+"""PatchGAN discriminator with the layout of pix2pix's NLayerDiscriminator (its checkpoints load)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN for n_layers=3: a grid of real/fake scores, one per receptive field."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "instance") -> None:
+        super().__init__()
+        bias = norm == "instance"
+
+        def norm_layer(c: int) -> nn.Module:
+            return nn.InstanceNorm2d(c) if norm == "instance" else nn.BatchNorm2d(c)
+
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias), norm_layer(ndf * mult),
+                       nn.LeakyReLU(0.2, True)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+        self.config = {"in_channels": in_channels, "ndf": ndf, "n_layers": n_layers, "norm": norm}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss (the pix2pix/CycleGAN default)."""
+    return ((scores - (1.0 if real else 0.0)) ** 2).mean()

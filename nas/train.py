@@ -1,0 +1,391 @@
+"""``python -m nas.train teacher|supernet``: train a teacher, or a once-for-all supernet by distillation.
+
+Both loops are pure functions of (seed, step) for their data and sampled subnets, so a run
+resumed from its checkpoint (``--resume``) continues exactly as if it had not stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from evaluators.quality import evaluate, generate
+from nas.checkpoint import atomic_save, generator_record, load_generator, safe_load
+from nas.cli import Parser, run
+from nas.data import Task, check_crop, load_task
+from nas.discriminator import PatchDiscriminator, lsgan_loss
+from nas.distill import FeatureCapture, FeatureDistiller
+from spaces.errors import UserError
+from spaces.space import Config, SearchSpace, load_space
+from spaces.supernet import Supernet
+
+TRAIN_FORMAT = "gan-nas/train-v1"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA when asked (the convs dominate and tolerate it); nothing on the CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Loop:
+    """What both trainings share: the task, the schedule, and where checkpoints go."""
+
+    task: Task
+    out: Path
+    steps: int
+    batch_size: int
+    crop: int
+    lr: float
+    seed: int
+    eval_every: int
+    checkpoint_every: int
+    device: torch.device
+    gan_weight: float
+    amp: bool
+    progress: bool
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoint.pth"
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y = self.task.batch(seed=self.seed, step=step, batch_size=self.batch_size, crop=self.crop)
+        return x.to(self.device), (y.to(self.device) if y is not None else None)
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+
+
+def _discriminator_step(d: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss = 0.5 * (lsgan_loss(d(real), True) + lsgan_loss(d(fake.detach()), False))
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+
+def _run_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def _check_resume(saved: dict[str, Any], args: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if str(saved.get(key)) != str(getattr(args, key)):
+            raise UserError(f"--resume: {args.out}/checkpoint.pth was trained with --{key.replace('_', '-')} "
+                            f"{saved.get(key)}, not {getattr(args, key)}; use the same value or another --out")
+
+
+def _make_loop(args: argparse.Namespace) -> Loop:
+    task = load_task(args.task)
+    check_crop(task, args.crop)
+    return Loop(task=task, out=Path(args.out), steps=args.steps, batch_size=args.batch_size, crop=args.crop,
+                lr=args.lr, seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                device=pick_device(args.device), gan_weight=args.gan_weight, amp=args.amp,
+                progress=not args.no_progress)
+
+
+def _prepare_out(loop: Loop, resume: bool) -> dict[str, Any] | None:
+    if resume:
+        if not loop.checkpoint.is_file():
+            raise UserError(f"--resume: no checkpoint at {loop.checkpoint}; start without --resume")
+        state = safe_load(loop.checkpoint)
+        if not isinstance(state, dict) or state.get("format") != TRAIN_FORMAT:
+            raise UserError(f"--resume: {loop.checkpoint} is not a training checkpoint of nas.train")
+        return state
+    if loop.checkpoint.exists():
+        raise UserError(f"{loop.checkpoint} exists; pass --resume to continue it or choose another --out")
+    loop.out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _val_quality(model: nn.Module, loop: Loop, teacher_outputs: list[torch.Tensor] | None = None):
+    images = loop.task.eval_images("val")
+    outputs = generate(model, [x for _, x, _ in images], loop.device)
+    targets = [y for _, _, y in images] if images[0][2] is not None else None
+    return evaluate(outputs, targets, teacher_outputs)
+
+
+# --------------------------------------------------------------------------------------- teacher
+
+
+def train_teacher(args: argparse.Namespace) -> Path:
+    loop = _make_loop(args)
+    if not loop.task.paired:
+        raise UserError(f"task {args.task} has no targets ({loop.task.kind} layout): a teacher is trained on pairs "
+                        "(sr4x or a pix2pix train/ val/ layout); import a CycleGAN teacher with --teacher instead")
+    saved = _prepare_out(loop, args.resume)
+    if saved is not None:
+        _check_resume(saved["args"], args, ("space", "config", "task", "seed", "batch_size", "crop"))
+    space = load_space(args.space)
+    config = space.decode(args.config)
+    torch.manual_seed(args.seed)
+    generator = space.build(config).to(loop.device)
+    opt_g = _adam(generator.parameters(), loop.lr)
+    disc = opt_d = None
+    if loop.gan_weight > 0:
+        disc = PatchDiscriminator(space.spec.out_channels, ndf=args.ndf).to(loop.device)
+        opt_d = _adam(disc.parameters(), loop.lr)
+    start, elapsed = 0, 0.0
+    if saved is not None:
+        generator.load_state_dict(saved["generator"]["state_dict"])
+        opt_g.load_state_dict(saved["optimizers"]["generator"])
+        if disc is not None:
+            disc.load_state_dict(saved["discriminator"])
+            opt_d.load_state_dict(saved["optimizers"]["discriminator"])
+        start, elapsed = saved["step"], saved["train_seconds"]
+    metrics: dict[str, float | None] = dict(saved.get("metrics", {})) if saved else {}
+
+    def save(step: int) -> None:
+        record = {
+            "format": TRAIN_FORMAT, "kind": "teacher", "step": step, "train_seconds": elapsed,
+            "args": _run_args(args), "metrics": metrics, "task": args.task,
+            "generator": generator_record(generator, space, config, task=args.task, step=step),
+            "discriminator": disc.state_dict() if disc is not None else None,
+            "discriminator_config": disc.config if disc is not None else None,
+            "optimizers": {"generator": opt_g.state_dict(), **({"discriminator": opt_d.state_dict()} if disc else {})},
+        }
+        atomic_save(record, loop.checkpoint)
+
+    bar = tqdm(range(start, loop.steps), initial=start, total=loop.steps, desc="teacher", disable=not loop.progress,
+               dynamic_ncols=True)
+    generator.train()
+    for step in bar:
+        began = time.perf_counter()
+        x, y = loop.batch(step)
+        with autocast(loop.device, loop.amp):
+            out = generator(x)
+            loss = F.l1_loss(out, y)
+            if disc is not None:
+                loss = loss + loop.gan_weight * lsgan_loss(disc(out), True)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        if disc is not None:
+            _discriminator_step(disc, opt_d, y, out)
+        elapsed += time.perf_counter() - began
+        done = step + 1
+        if done % loop.eval_every == 0 or done == loop.steps:
+            quality = _val_quality(generator, loop)
+            metrics.update({"val_psnr": quality.psnr, "val_ssim": quality.ssim, "step": done})
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val_psnr=f"{metrics.get('val_psnr') or 0:.2f}")
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            save(done)
+    bar.close()
+    if start >= loop.steps:
+        save(start)
+    return loop.checkpoint
+
+
+# -------------------------------------------------------------------------------------- supernet
+
+
+def sandwich_config(space: SearchSpace, seed: int, step: int) -> Config:
+    """Largest, smallest, then two random subnets, in turn (the sandwich rule spread over steps)."""
+    phase = step % 4
+    if phase == 0:
+        return space.max_config()
+    if phase == 1:
+        return space.min_config()
+    return space.sample(random.Random(seed * 7_919 + step))
+
+
+def _trunk_widths(module: nn.Module, in_channels: int, device: torch.device) -> list[int]:
+    """Output channels of every trunk block, read off one tiny forward pass."""
+    capture = FeatureCapture(list(module.trunk))
+    with torch.no_grad():
+        module(torch.zeros(1, in_channels, 32, 32, device=device))
+    capture.remove()
+    return [o.shape[1] for o in capture.outputs]
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    """A trained supernet and its checkpoint record (task, teacher, metrics)."""
+    record = safe_load(path)
+    if not isinstance(record, dict) or record.get("format") != TRAIN_FORMAT or record.get("kind") != "supernet":
+        raise UserError(f"{path} is not a supernet checkpoint of nas.train supernet")
+    from spaces.schema import parse_space
+
+    space = SearchSpace(parse_space(record["space_yaml"], file=f"{path} (embedded space)", name=record["space_name"]))
+    supernet = Supernet(space)
+    supernet.net.load_state_dict(record["supernet"])
+    return supernet.eval(), record
+
+
+def train_supernet(args: argparse.Namespace) -> Path:
+    loop = _make_loop(args)
+    saved = _prepare_out(loop, args.resume)
+    if saved is not None:
+        _check_resume(saved["args"], args, ("space", "teacher", "task", "seed", "batch_size", "crop", "method"))
+    space = load_space(args.space)
+    teacher = load_generator(args.teacher)
+    if teacher.space.spec.in_channels != space.spec.in_channels or teacher.space.spec.out_channels != space.spec.out_channels:
+        raise UserError(f"teacher {args.teacher} maps {teacher.space.spec.in_channels} to {teacher.space.spec.out_channels} "
+                        f"channels but space {space.name} maps {space.spec.in_channels} to {space.spec.out_channels}")
+    teacher_net = teacher.module.to(loop.device).eval().requires_grad_(False)
+    torch.manual_seed(args.seed)
+    supernet = Supernet(space).to(loop.device)
+    distiller = FeatureDistiller(
+        supernet.net.trunk, teacher_net.trunk, layers=args.distill_layers,
+        student_width=max(_trunk_widths(supernet.net, space.spec.in_channels, loop.device)),
+        teacher_widths=_trunk_widths(teacher_net, space.spec.in_channels, loop.device)).to(loop.device)
+    opt_g = _adam(list(supernet.parameters()) + list(distiller.mappers.parameters()), loop.lr)
+    disc = opt_d = None
+    if loop.gan_weight > 0:
+        disc, opt_d = _supernet_discriminator(args, space, loop)
+    start, elapsed = 0, 0.0
+    if saved is not None:
+        supernet.net.load_state_dict(saved["supernet"])
+        distiller.mappers.load_state_dict(saved["mappers"])
+        opt_g.load_state_dict(saved["optimizers"]["generator"])
+        if disc is not None:
+            disc.load_state_dict(saved["discriminator"])
+            opt_d.load_state_dict(saved["optimizers"]["discriminator"])
+        start, elapsed = saved["step"], saved["train_seconds"]
+    metrics: dict[str, Any] = dict(saved.get("metrics", {})) if saved else {}
+    val_teacher = generate(teacher_net, [x for _, x, _ in loop.task.eval_images("val")], loop.device)
+
+    def save(step: int) -> None:
+        record = {
+            "format": TRAIN_FORMAT, "kind": "supernet", "method": args.method, "step": step,
+            "train_seconds": elapsed, "args": _run_args(args), "metrics": metrics, "task": args.task,
+            "teacher": str(args.teacher), "space_name": space.name, "space_yaml": space.spec_text,
+            "supernet": {k: v.detach().cpu() for k, v in supernet.net.state_dict().items()},
+            "mappers": distiller.mappers.state_dict(),
+            "discriminator": disc.state_dict() if disc is not None else None,
+            "optimizers": {"generator": opt_g.state_dict(), **({"discriminator": opt_d.state_dict()} if disc else {})},
+        }
+        atomic_save(record, loop.checkpoint)
+
+    bar = tqdm(range(start, loop.steps), initial=start, total=loop.steps, desc=f"supernet {space.name}",
+               disable=not loop.progress, dynamic_ncols=True)
+    supernet.train()
+    for step in bar:
+        began = time.perf_counter()
+        supernet.set_active(sandwich_config(space, loop.seed, step))
+        x, y = loop.batch(step)
+        with autocast(loop.device, loop.amp):
+            with torch.no_grad():
+                t_out = teacher_net(x)
+            out = supernet(x)
+            target = y if y is not None else t_out
+            loss = F.l1_loss(out, target) + args.distill_weight * distiller.loss()
+            if disc is not None:
+                loss = loss + loop.gan_weight * lsgan_loss(disc(out), True)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+        if disc is not None:
+            _discriminator_step(disc, opt_d, target, out)
+        elapsed += time.perf_counter() - began
+        done = step + 1
+        if done % loop.eval_every == 0 or done == loop.steps:
+            for name, config in (("max", space.max_config()), ("min", space.min_config())):
+                supernet.set_active(config)
+                quality = _val_quality(supernet, loop, val_teacher)
+                metrics[f"val_{name}"] = quality.as_dict()
+            metrics["step"] = done
+        shown = metrics.get("val_max", {})
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", max_psnr=f"{shown.get('psnr') or shown.get('fidelity_psnr') or 0:.2f}")
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            save(done)
+    bar.close()
+    distiller.detach_hooks()
+    if start >= loop.steps:
+        save(start)
+    return loop.checkpoint
+
+
+def _supernet_discriminator(args: argparse.Namespace, space: SearchSpace, loop: Loop):
+    """A PatchGAN initialised from the teacher's (its training checkpoint or --discriminator)."""
+    state, config = None, {"ndf": args.ndf}
+    source = args.discriminator or args.teacher
+    record = safe_load(source)
+    if isinstance(record, dict) and record.get("format") == TRAIN_FORMAT and record.get("discriminator"):
+        state, config = record["discriminator"], record.get("discriminator_config") or config
+    elif args.discriminator:
+        state = record
+        config = {"ndf": record["model.0.weight"].shape[0]} if "model.0.weight" in record else config
+    disc = PatchDiscriminator(space.spec.out_channels, ndf=config["ndf"],
+                              n_layers=config.get("n_layers", 3), norm=config.get("norm", "instance"))
+    if state is not None:
+        try:
+            disc.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(f"discriminator from {source} does not fit a PatchGAN: {str(exc).splitlines()[0]}") from None
+    disc = disc.to(loop.device)
+    return disc, _adam(disc.parameters(), loop.lr)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _add_common(p: argparse.ArgumentParser, default_steps: int) -> None:
+    p.add_argument("--task", default="sr4x", help="sr4x (embedded) or a data folder (pix2pix, CycleGAN or single)")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pth")
+    p.add_argument("--steps", type=int, default=default_steps)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64, help="training crop size (pixels)")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--gan-weight", type=float, default=0.0, help="weight of the PatchGAN loss (0: off)")
+    p.add_argument("--ndf", type=int, default=32, help="discriminator width")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--resume", action="store_true", help="continue --out/checkpoint.pth")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m nas.train", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True, parser_class=Parser)
+    t = sub.add_parser("teacher", help="train a teacher generator")
+    t.add_argument("--space", default="resnet", help="space name or YAML path")
+    t.add_argument("--config", default="max", help="the teacher's config in that space (default max)")
+    _add_common(t, 4000)
+    s = sub.add_parser("supernet", help="train a once-for-all supernet by distillation")
+    s.add_argument("--space", default="resnet", help="space name or YAML path")
+    s.add_argument("--teacher", required=True, help="teacher checkpoint (nas.train or pix2pix *_net_G*.pth)")
+    s.add_argument("--method", default="ofa", choices=["ofa"])
+    s.add_argument("--distill-weight", type=float, default=1.0)
+    s.add_argument("--distill-layers", type=int, default=3, help="teacher trunk blocks to distil from")
+    s.add_argument("--discriminator", help="PatchGAN state dict to start from (default: the teacher checkpoint's)")
+    _add_common(s, 4000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    path = train_teacher(args) if args.what == "teacher" else train_supernet(args)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
