@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -74,8 +75,21 @@ class Loop:
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
 
-def _adam(params, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999))
+def _adam(params, lr: float, adversarial: bool) -> torch.optim.Adam:
+    # pix2pix's betas for adversarial training; the usual ones for plain regression
+    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999) if adversarial else (0.9, 0.999))
+
+
+def cosine_lr(base: float, step: int, steps: int) -> float:
+    """Cosine decay to zero over the run; a function of the step alone, so resuming keeps the schedule."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / max(1, steps)))
+
+
+def _set_lr(optimizers, lr: float) -> None:
+    for opt in optimizers:
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
 
 
 def _discriminator_step(d: nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -142,11 +156,11 @@ def train_teacher(args: argparse.Namespace) -> Path:
     config = space.decode(args.config)
     torch.manual_seed(args.seed)
     generator = space.build(config).to(loop.device)
-    opt_g = _adam(generator.parameters(), loop.lr)
+    opt_g = _adam(generator.parameters(), loop.lr, loop.gan_weight > 0)
     disc = opt_d = None
     if loop.gan_weight > 0:
         disc = PatchDiscriminator(space.spec.out_channels, ndf=args.ndf).to(loop.device)
-        opt_d = _adam(disc.parameters(), loop.lr)
+        opt_d = _adam(disc.parameters(), loop.lr, True)
     start, elapsed = 0, 0.0
     if saved is not None:
         generator.load_state_dict(saved["generator"]["state_dict"])
@@ -173,6 +187,7 @@ def train_teacher(args: argparse.Namespace) -> Path:
     generator.train()
     for step in bar:
         began = time.perf_counter()
+        _set_lr((opt_g, opt_d), cosine_lr(loop.lr, step, loop.steps))
         x, y = loop.batch(step)
         with autocast(loop.device, loop.amp):
             out = generator(x)
@@ -250,7 +265,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
         supernet.net.trunk, teacher_net.trunk, layers=args.distill_layers,
         student_width=max(_trunk_widths(supernet.net, space.spec.in_channels, loop.device)),
         teacher_widths=_trunk_widths(teacher_net, space.spec.in_channels, loop.device)).to(loop.device)
-    opt_g = _adam(list(supernet.parameters()) + list(distiller.mappers.parameters()), loop.lr)
+    opt_g = _adam(list(supernet.parameters()) + list(distiller.mappers.parameters()), loop.lr, loop.gan_weight > 0)
     disc = opt_d = None
     if loop.gan_weight > 0:
         disc, opt_d = _supernet_discriminator(args, space, loop)
@@ -283,6 +298,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
     supernet.train()
     for step in bar:
         began = time.perf_counter()
+        _set_lr((opt_g, opt_d), cosine_lr(loop.lr, step, loop.steps))
         supernet.set_active(sandwich_config(space, loop.seed, step))
         x, y = loop.batch(step)
         with autocast(loop.device, loop.amp):
@@ -335,7 +351,7 @@ def _supernet_discriminator(args: argparse.Namespace, space: SearchSpace, loop: 
         except RuntimeError as exc:
             raise UserError(f"discriminator from {source} does not fit a PatchGAN: {str(exc).splitlines()[0]}") from None
     disc = disc.to(loop.device)
-    return disc, _adam(disc.parameters(), loop.lr)
+    return disc, _adam(disc.parameters(), loop.lr, True)
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -245,6 +245,9 @@ class Generator(nn.Module):
             kit.norm(n, plan.up2), nn.ReLU(True))
         self.head = nn.Sequential(nn.ReflectionPad2d(3), kit.conv(plan.up2, plan.out_channels, 7, bias=True),
                                   nn.Identity() if plan.global_residual else nn.Tanh())
+        if plan.global_residual:  # start as the identity on the input (e.g. bicubic upscaling), then refine it
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.down2(self.down1(self.stem(x)))
