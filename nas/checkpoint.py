@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class LoadedGenerator:
     space: SearchSpace
     config: Config
     source: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def generator_record(module: nn.Module, space: SearchSpace, config: Config, **meta: Any) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def generator_from_record(record: dict[str, Any], source: str) -> LoadedGenerato
         module.load_state_dict(record["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"checkpoint {source} does not match its own config: {str(exc).splitlines()[0]}") from None
-    return LoadedGenerator(module.eval(), space, config, source)
+    return LoadedGenerator(module.eval(), space, config, source, dict(record.get("meta") or {}))
 
 
 def load_generator(path: str | Path) -> LoadedGenerator:

@@ -100,7 +100,7 @@ def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """uint8 H x W x 3 -> float 3 x H x W in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(array, dtype=np.uint8)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -235,6 +235,46 @@ def _trunk_widths(module: nn.Module, in_channels: int, device: torch.device) -> 
     return [o.shape[1] for o in capture.outputs]
 
 
+def make_distiller(student: nn.Module, teacher: nn.Module, *, layers: int, device: torch.device) -> FeatureDistiller:
+    """Feature distillation from ``teacher``'s trunk into ``student``'s (a supernet's or a subnet's)."""
+    channels = student.stem[1].in_channels
+    return FeatureDistiller(student.trunk, teacher.trunk, layers=layers,
+                            student_width=max(_trunk_widths(student, channels, device)),
+                            teacher_widths=_trunk_widths(teacher, channels, device)).to(device)
+
+
+def distill_loss(out: torch.Tensor, target: torch.Tensor, distiller: FeatureDistiller, weight: float) -> torch.Tensor:
+    """Reconstruction of the target (ground truth, or the teacher's output for unpaired data) plus
+    the feature distillation of the same forward pass."""
+    return F.l1_loss(out, target) + weight * distiller.loss()
+
+
+def finetune(student: nn.Module, teacher: nn.Module, task: Task, *, steps: int, batch_size: int = 16, crop: int = 64,
+             lr: float = 1e-4, seed: int = 0, device: torch.device | str = "cpu", distill_weight: float = 1.0,
+             distill_layers: int = 3, mappers: dict[str, torch.Tensor] | None = None, progress: bool = True
+             ) -> nn.Module:
+    """Fine-tune an extracted subnet with the supernet's distillation loss (mappers inherited when given)."""
+    device = torch.device(device)
+    student, teacher = student.to(device).train(), teacher.to(device).eval().requires_grad_(False)
+    distiller = make_distiller(student, teacher, layers=distill_layers, device=device)
+    if mappers is not None:  # the supernet's mappers, cut to this subnet's widths (first-k, as its weights)
+        own = distiller.mappers.state_dict()
+        distiller.mappers.load_state_dict({k: mappers[k][tuple(slice(0, n) for n in v.shape)] for k, v in own.items()})
+    opt = _adam(list(student.parameters()) + list(distiller.mappers.parameters()), lr, False)
+    for step in tqdm(range(steps), desc="fine-tune", disable=not progress, dynamic_ncols=True):
+        _set_lr((opt,), cosine_lr(lr, step, steps))
+        x, y = task.batch(seed=seed, step=step, batch_size=batch_size, crop=crop)
+        x = x.to(device)
+        with torch.no_grad():
+            t_out = teacher(x)
+        loss = distill_loss(student(x), y.to(device) if y is not None else t_out, distiller, distill_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    distiller.detach_hooks()
+    return student.eval()
+
+
 def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     """A trained supernet and its checkpoint record (task, teacher, metrics)."""
     record = safe_load(path)
@@ -261,10 +301,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
     teacher_net = teacher.module.to(loop.device).eval().requires_grad_(False)
     torch.manual_seed(args.seed)
     supernet = Supernet(space).to(loop.device)
-    distiller = FeatureDistiller(
-        supernet.net.trunk, teacher_net.trunk, layers=args.distill_layers,
-        student_width=max(_trunk_widths(supernet.net, space.spec.in_channels, loop.device)),
-        teacher_widths=_trunk_widths(teacher_net, space.spec.in_channels, loop.device)).to(loop.device)
+    distiller = make_distiller(supernet.net, teacher_net, layers=args.distill_layers, device=loop.device)
     opt_g = _adam(list(supernet.parameters()) + list(distiller.mappers.parameters()), loop.lr, loop.gan_weight > 0)
     disc = opt_d = None
     if loop.gan_weight > 0:
@@ -306,7 +343,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
                 t_out = teacher_net(x)
             out = supernet(x)
             target = y if y is not None else t_out
-            loss = F.l1_loss(out, target) + args.distill_weight * distiller.loss()
+            loss = distill_loss(out, target, distiller, args.distill_weight)
             if disc is not None:
                 loss = loss + loop.gan_weight * lsgan_loss(disc(out), True)
         opt_g.zero_grad(set_to_none=True)

@@ -1,0 +1,98 @@
+"""``python -m nas.apply``: run a teacher or an exported student on your own images.
+
+For a super-resolution model (task ``sr4x``) the inputs are low-resolution images: each is
+upscaled 4x (bicubic) before the generator, so the outputs are 4x larger. Sides that are not
+multiples of 4 are padded by reflection for the generator and cropped back. Inputs are only read.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nas.checkpoint import LoadedGenerator, load_generator
+from nas.cli import Parser, run
+from nas.data import IMAGE_SUFFIXES, SR_SCALE, image_files, read_image, to_uint8, upscale
+from spaces.errors import UserError
+
+
+def load_model(path: str | Path) -> LoadedGenerator:
+    """A generator checkpoint, a training checkpoint of a teacher, or an export folder (its model.pth)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pth").is_file():
+            raise UserError(f"{path} is a folder without model.pth; give a checkpoint or a nas.export folder")
+        path = path / "model.pth"
+    return load_generator(path)
+
+
+def model_scale(model: LoadedGenerator) -> int:
+    return SR_SCALE if model.meta.get("task") == "sr4x" else 1
+
+
+@torch.no_grad()
+def apply_to_image(module: torch.nn.Module, image: torch.Tensor, scale: int, device: torch.device) -> torch.Tensor:
+    x = upscale(image, scale) if scale > 1 else image
+    _, h, w = x.shape
+    pad_h, pad_w = (-h) % 4, (-w) % 4
+    batch = x[None].to(device)
+    if pad_h or pad_w:
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "replicate")
+    return module(batch)[0, :, :h, :w].cpu()
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m nas.apply", description=__doc__)
+    p.add_argument("--model", required=True, help="checkpoint (.pth) or nas.export folder")
+    p.add_argument("--input", required=True, help="an image or a folder of images")
+    p.add_argument("--output", required=True, help="folder for the results (PNG)")
+    p.add_argument("--scale", type=int, help="upscale inputs by this first (default: 4 for sr4x models, else 1)")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
+
+    from nas.train import pick_device
+
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model)
+    source, output = Path(args.input), Path(args.output)
+    if not source.exists():
+        raise UserError(f"input {source} not found; give an image or a folder of images")
+    files = image_files(source) if source.is_dir() else [source]
+    if not files:
+        raise UserError(f"{source} has no images ({', '.join(IMAGE_SUFFIXES)})")
+    if output.resolve() == (source if source.is_dir() else source.parent).resolve():
+        raise UserError(f"--output {output} is the input folder; choose another folder so that inputs stay untouched")
+    scale = args.scale if args.scale is not None else model_scale(model)
+    if scale < 1:
+        raise UserError(f"--scale must be at least 1, got {scale}")
+    device = pick_device(args.device)
+    module = model.module.to(device).eval()
+    output.mkdir(parents=True, exist_ok=True)
+    written, skipped = 0, []
+    for path in tqdm(files, desc="apply", disable=len(files) < 2):
+        try:
+            image = read_image(path)
+        except UserError as exc:
+            skipped.append(str(exc))
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        result = apply_to_image(module, image, scale, device)
+        target = output / f"{path.stem}.png"
+        tmp = target.with_name(f".{target.name}.tmp")
+        Image.fromarray(to_uint8(result)).save(tmp, format="PNG")
+        tmp.replace(target)
+        written += 1
+    print(f"wrote {written} image(s) to {output}" + (f"; skipped {len(skipped)} unreadable" if skipped else ""))
+    return 0 if written else 2
+
+
+if __name__ == "__main__":
+    run(main)

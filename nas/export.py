@@ -1,0 +1,148 @@
+"""``python -m nas.export``: a subnet of a trained supernet to a standalone checkpoint, TorchScript and ONNX.
+
+Each exported form is run against the PyTorch subnet on the same inputs (two sizes) before the
+command reports success; the largest differences are written to ``export.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.checkpoint import load_generator, save_generator
+from nas.cli import Parser, run
+from spaces.errors import UserError
+from spaces.space import Config, SearchSpace
+
+TORCHSCRIPT_TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-4
+CHECK_SHAPES = ((1, 64, 64), (2, 96, 128))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_inputs(channels: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(n, channels, h, w, generator=g) * 2 - 1 for n, h, w in CHECK_SHAPES]
+
+
+def export_torchscript(module: nn.Module, path: Path, channels: int) -> float:
+    """Trace to TorchScript; returns the largest output difference on the check inputs."""
+    inputs = _check_inputs(channels)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, inputs[0])
+        _atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+        loaded = torch.jit.load(str(path))
+        return max(float((loaded(x) - module(x)).abs().max()) for x in inputs)
+
+
+def export_onnx(module: nn.Module, path: Path, channels: int) -> float:
+    """Export to ONNX with dynamic batch and image size; checked with onnxruntime."""
+    import onnxruntime
+
+    inputs = _check_inputs(channels)
+    dynamic = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "height", 3: "width"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _atomic_write(path, lambda tmp: torch.onnx.export(
+            module, (inputs[0],), tmp, dynamo=False, input_names=["input"], output_names=["output"],
+            dynamic_axes=dynamic, opset_version=17))
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return max(float((torch.from_numpy(session.run(None, {"input": x.numpy()})[0]) - module(x)).abs().max())
+                   for x in inputs)
+
+
+def export_generator(module: nn.Module, space: SearchSpace, config: Config, out: Path, *,
+                     meta: dict[str, Any]) -> dict[str, Any]:
+    """Write model.pth, model.ts, model.onnx and export.json to ``out``; raise if a form disagrees."""
+    out.mkdir(parents=True, exist_ok=True)
+    module = module.cpu().eval()
+    channels = space.spec.in_channels
+    cost = space.cost(config)
+    save_generator(out / "model.pth", module, space, config, **meta)
+    report = {
+        "space": space.name, "config": space.encode(config), "resolution": space.resolution,
+        "macs": {"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, "params": cost.params,
+        "files": {"checkpoint": "model.pth", "torchscript": "model.ts", "onnx": "model.onnx"},
+        "max_abs_diff": {"torchscript": export_torchscript(module, out / "model.ts", channels),
+                         "onnx": export_onnx(module, out / "model.onnx", channels)},
+        "tolerance": {"torchscript": TORCHSCRIPT_TOLERANCE, "onnx": ONNX_TOLERANCE},
+        **meta,
+    }
+    for form, tolerance in report["tolerance"].items():
+        if report["max_abs_diff"][form] > tolerance:
+            raise UserError(f"exported {form} differs from the PyTorch subnet by {report['max_abs_diff'][form]:.2e} "
+                            f"(tolerance {tolerance:.0e}); the export in {out} is not trustworthy")
+    _atomic_write(out / "export.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    return report
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m nas.export", description=__doc__)
+    p.add_argument("--supernet", required=True, help="supernet checkpoint (nas.train supernet)")
+    p.add_argument("--config", required=True, help="config string of the subnet, or max / min")
+    p.add_argument("--out", required=True, help="folder to write model.pth, model.ts, model.onnx, export.json")
+    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune with distillation first (default 0)")
+    p.add_argument("--task", help="task for fine-tuning (default: the supernet's)")
+    p.add_argument("--teacher", help="teacher for fine-tuning (default: the supernet's)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.data import check_crop, load_task
+    from nas.train import finetune, load_supernet, pick_device
+
+    args = build_parser().parse_args(argv)
+    if args.finetune_steps < 0:
+        raise UserError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    out = Path(args.out)
+    if (out / "model.pth").exists():
+        raise UserError(f"{out} already holds an export (model.pth); choose another --out or remove it")
+    supernet, record = load_supernet(args.supernet)
+    space = supernet.space
+    config = space.decode(args.config)
+    student = supernet.extract(config)
+    meta: dict[str, Any] = {"task": record.get("task"), "supernet": str(args.supernet), "finetune_steps": 0}
+    if args.finetune_steps:
+        task = load_task(args.task or record["task"])
+        check_crop(task, args.crop)
+        teacher = load_generator(args.teacher or record["teacher"])
+        student = finetune(student, teacher.module, task, steps=args.finetune_steps, batch_size=args.batch_size,
+                           crop=args.crop, lr=args.lr, seed=args.seed, device=pick_device(args.device),
+                           mappers=record.get("mappers"), progress=not args.no_progress)
+        meta.update(task=args.task or record["task"], finetune_steps=args.finetune_steps)
+    report = export_generator(student, space, config, out, meta=meta)
+    macs = report["macs"]
+    print(f"exported {report['config']} ({macs['torchprofile'] / 1e9:.3f}G MACs torchprofile, "
+          f"{macs['fvcore'] / 1e9:.3f}G fvcore, {report['params']:,} params) to {out}")
+    print(f"  TorchScript max |diff| {report['max_abs_diff']['torchscript']:.1e}, "
+          f"ONNX (onnxruntime) max |diff| {report['max_abs_diff']['onnx']:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
