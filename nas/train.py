@@ -65,6 +65,12 @@ class Loop:
     gan_weight: float
     amp: bool
     progress: bool
+    stop_at: int | None = None
+
+    @property
+    def last_step(self) -> int:
+        """The step this run ends at: --steps, or --stop-at when it comes first."""
+        return min(self.steps, self.stop_at) if self.stop_at else self.steps
 
     @property
     def checkpoint(self) -> Path:
@@ -97,7 +103,7 @@ def _discriminator_step(d: nn.Module, opt: torch.optim.Optimizer, real: torch.Te
     loss = 0.5 * (lsgan_loss(d(real), True) + lsgan_loss(d(fake.detach()), False))
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _run_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +123,7 @@ def _make_loop(args: argparse.Namespace) -> Loop:
     return Loop(task=task, out=Path(args.out), steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                 lr=args.lr, seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                 device=pick_device(args.device), gan_weight=args.gan_weight, amp=args.amp,
-                progress=not args.no_progress)
+                progress=not args.no_progress, stop_at=args.stop_at)
 
 
 def _prepare_out(loop: Loop, resume: bool) -> dict[str, Any] | None:
@@ -182,7 +188,7 @@ def train_teacher(args: argparse.Namespace) -> Path:
         }
         atomic_save(record, loop.checkpoint)
 
-    bar = tqdm(range(start, loop.steps), initial=start, total=loop.steps, desc="teacher", disable=not loop.progress,
+    bar = tqdm(range(start, loop.last_step), initial=start, total=loop.steps, desc="teacher", disable=not loop.progress,
                dynamic_ncols=True)
     generator.train()
     for step in bar:
@@ -205,10 +211,10 @@ def train_teacher(args: argparse.Namespace) -> Path:
             quality = _val_quality(generator, loop)
             metrics.update({"val_psnr": quality.psnr, "val_ssim": quality.ssim, "step": done})
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", val_psnr=f"{metrics.get('val_psnr') or 0:.2f}")
-        if done % loop.checkpoint_every == 0 or done == loop.steps:
+        if done % loop.checkpoint_every == 0 or done == loop.last_step:
             save(done)
     bar.close()
-    if start >= loop.steps:
+    if start >= loop.last_step:
         save(start)
     return loop.checkpoint
 
@@ -330,7 +336,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
         }
         atomic_save(record, loop.checkpoint)
 
-    bar = tqdm(range(start, loop.steps), initial=start, total=loop.steps, desc=f"supernet {space.name}",
+    bar = tqdm(range(start, loop.last_step), initial=start, total=loop.steps, desc=f"supernet {space.name}",
                disable=not loop.progress, dynamic_ncols=True)
     supernet.train()
     for step in bar:
@@ -361,11 +367,11 @@ def train_supernet(args: argparse.Namespace) -> Path:
             metrics["step"] = done
         shown = metrics.get("val_max", {})
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", max_psnr=f"{shown.get('psnr') or shown.get('fidelity_psnr') or 0:.2f}")
-        if done % loop.checkpoint_every == 0 or done == loop.steps:
+        if done % loop.checkpoint_every == 0 or done == loop.last_step:
             save(done)
     bar.close()
     distiller.detach_hooks()
-    if start >= loop.steps:
+    if start >= loop.last_step:
         save(start)
     return loop.checkpoint
 
@@ -409,6 +415,8 @@ def _add_common(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     p.add_argument("--resume", action="store_true", help="continue --out/checkpoint.pth")
+    p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (for time-limited jobs); "
+                   "continue later with --resume")
     p.add_argument("--no-progress", action="store_true")
 
 

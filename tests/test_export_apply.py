@@ -1,0 +1,98 @@
+"""Export a subnet (checkpoint, TorchScript, ONNX) and apply generators to a user's images."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from PIL import Image
+
+from nas import apply as apply_cli
+from nas import export as export_cli
+from nas import train
+from nas.checkpoint import load_generator
+from spaces import UserError
+
+TINY = ["--batch-size", "2", "--crop", "32", "--eval-every", "2", "--checkpoint-every", "2", "--no-progress",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    train.main(["teacher", "--space", "tests/spaces/tiny_teacher.yaml", "--out", str(root / "teacher"),
+                "--steps", "3", *TINY])
+    teacher = root / "teacher" / "checkpoint.pth"
+    train.main(["supernet", "--space", "tests/spaces/tiny_inception.yaml", "--teacher", str(teacher),
+                "--out", str(root / "supernet"), "--steps", "3", *TINY])
+    return teacher, root / "supernet" / "checkpoint.pth"
+
+
+def test_export_writes_three_forms_that_agree(tmp_path, trained):
+    _, supernet_path = trained
+    supernet, _ = train.load_supernet(supernet_path)
+    config = "8_16_16_4_0_8_4_0_8_0_4_8_4"
+    assert export_cli.main(["--supernet", str(supernet_path), "--config", config, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "export.json").read_text())
+    assert report["config"] == config and report["max_abs_diff"]["onnx"] <= 1e-4
+    reference = supernet.extract(supernet.space.decode(config)).eval()
+    x = torch.rand(1, 3, 40, 52) * 2 - 1  # a size not used when exporting
+    with torch.no_grad():
+        expected = reference(x)
+        assert (expected - x).abs().max() > 1e-3  # the head is trained: outputs are not just the input
+        assert (load_generator(tmp_path / "model.pth").module(x) - expected).abs().max() == 0
+        assert (torch.jit.load(str(tmp_path / "model.ts"))(x) - expected).abs().max() < 1e-5
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"input": x.numpy()})[0] - expected.numpy()).max() < 1e-4
+    assert report["macs"]["torchprofile"] == supernet.space.macs(supernet.space.decode(config))
+    with pytest.raises(UserError, match="already holds an export"):
+        export_cli.main(["--supernet", str(supernet_path), "--config", config, "--out", str(tmp_path)])
+
+
+def test_export_with_finetuning_changes_the_weights(tmp_path, trained):
+    _, supernet_path = trained
+    export_cli.main(["--supernet", str(supernet_path), "--config", "min", "--out", str(tmp_path / "a")])
+    export_cli.main(["--supernet", str(supernet_path), "--config", "min", "--out", str(tmp_path / "b"),
+                     "--finetune-steps", "2", "--batch-size", "2", "--crop", "32", "--no-progress"])
+    a, b = load_generator(tmp_path / "a" / "model.pth"), load_generator(tmp_path / "b" / "model.pth")
+    assert b.meta["finetune_steps"] == 2
+    assert any(not torch.equal(p, q) for p, q in zip(a.module.parameters(), b.module.parameters()))
+
+
+def test_export_rejects_a_bad_config(tmp_path, trained):
+    with pytest.raises(UserError, match="is not a choice of site"):
+        export_cli.main(["--supernet", str(trained[1]), "--config", "8_16_16_4_0_8_4_0_8_0_4_8_17",
+                         "--out", str(tmp_path)])
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_apply_upscales_sr_inputs_and_skips_unreadable_files(tmp_path, trained, capsys):
+    teacher, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (30, 41, 3), dtype=np.uint8)).save(inputs / "a.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(inputs / "b.jpg")
+    (inputs / "broken.png").write_bytes(b"\x89PNG not really")
+    before = digest(inputs)
+    assert apply_cli.main(["--model", str(teacher), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 0
+    assert digest(inputs) == before
+    sizes = {p.name: Image.open(p).size for p in (tmp_path / "out").iterdir()}
+    assert sizes == {"a.png": (164, 120), "b.png": (64, 64)}
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_apply_export_folder_and_single_image(tmp_path, trained):
+    _, supernet_path = trained
+    export_cli.main(["--supernet", str(supernet_path), "--config", "max", "--out", str(tmp_path / "export")])
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(image)
+    apply_cli.main(["--model", str(tmp_path / "export"), "--input", str(image), "--output", str(tmp_path / "out")])
+    assert Image.open(tmp_path / "out" / "photo.png").size == (96, 80)
+    with pytest.raises(UserError, match="is the input folder"):
+        apply_cli.main(["--model", str(tmp_path / "export"), "--input", str(image), "--output", str(tmp_path)])
