@@ -64,3 +64,19 @@ def test_bad_space_file_reports_file_and_line(tmp_path, root):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     line = next(i for i, text_line in enumerate(text.splitlines(), 1) if text_line.startswith("operators"))
     assert f"bad.yaml:{line}: operators[3]: unknown operator 'skipp'" in out.stderr
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("nas.train", ["teacher", "--out", "/tmp/x", "--task", "/nonexistent"], "task /nonexistent not found"),
+    ("nas.train", ["teacher", "--out", "/tmp/x", "--steps", "0"], "--steps must be at least 1"),
+    ("nas.train", ["supernet", "--out", "/tmp/x", "--teacher", "/nonexistent.pth"], "not found"),
+    ("nas.train", ["teacher", "--out", "/tmp/x", "--crop", "30"], "crop 30 is not allowed"),
+    ("nas.export", ["--supernet", "/nonexistent.pth", "--config", "max", "--out", "/tmp/x"], "not found"),
+    ("nas.apply", ["--model", "/nonexistent", "--input", ".", "--output", "/tmp/x"], "not found"),
+    ("nas.publish", ["--checkpoint", "/nonexistent.pth", "--out", "/tmp/x.pth", "--name", "t"], "not found"),
+])
+def test_other_commands_fail_in_one_line(module, args, message):
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

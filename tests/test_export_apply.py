@@ -96,3 +96,21 @@ def test_apply_export_folder_and_single_image(tmp_path, trained):
     assert Image.open(tmp_path / "out" / "photo.png").size == (96, 80)
     with pytest.raises(UserError, match="is the input folder"):
         apply_cli.main(["--model", str(tmp_path / "export"), "--input", str(image), "--output", str(tmp_path)])
+
+
+def test_publish_writes_slim_files_and_a_manifest(tmp_path, trained):
+    from nas import publish
+
+    teacher, supernet_path = trained
+    publish.main(["--checkpoint", str(teacher), "--out", str(tmp_path / "teacher.pth"), "--name", "teacher"])
+    publish.main(["--checkpoint", str(supernet_path), "--out", str(tmp_path / "supernet.pth"), "--name", "supernet"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = manifest["teacher"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "teacher.pth").read_bytes()).hexdigest()
+    assert entry["command"].startswith("python -m nas.train teacher --space tests/spaces/tiny_teacher.yaml")
+    assert "--steps 3" in entry["command"] and entry["seed"] == 0 and "val: coffee" in entry["split"]
+    assert entry["metrics"]["test"]["psnr"] > 10 and entry["bicubic_psnr"]["test"] > 20
+    assert manifest["supernet"]["metrics"]["min"]["val"]["fidelity_psnr"] > 10
+    assert (tmp_path / "supernet.pth").stat().st_size < supernet_path.stat().st_size  # no optimizer state
+    supernet, _ = train.load_supernet(tmp_path / "supernet.pth")
+    assert load_generator(tmp_path / "teacher.pth").meta["task"] == "sr4x"

@@ -1,0 +1,148 @@
+"""Once-for-all compression on sr4x: OFA subnets vs the teacher, bicubic and the same subnets from scratch.
+
+    python bench/ofa_sr4x.py [--weights weights/sr4x] [--scratch-steps N] [--families resnet inception]
+
+For each family's shipped supernet it picks subnets at about 1/4, 1/10 and 1/20 of the teacher's
+MACs (the best of a few candidates on the val split, inherited weights, no retraining), reports
+PSNR / SSIM / fidelity on the test split, trains the same architectures from scratch (no teacher,
+L1 to ground truth) for the same number of steps, and measures CPU latency against the teacher
+in the same run (interleaved, median). Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluators.quality import evaluate, generate  # noqa: E402
+from nas.checkpoint import load_generator  # noqa: E402
+from nas.data import load_task  # noqa: E402
+from nas.train import cosine_lr, load_supernet  # noqa: E402
+
+FRACTIONS = (4, 10, 20)
+
+
+def quality(model, task, split, teacher_outputs=None):
+    images = task.eval_images(split)
+    return evaluate(generate(model, [x for _, x, _ in images]), [y for _, _, y in images], teacher_outputs)
+
+
+def pick_subnet(supernet, task, target_macs: float, candidates: int, seed: int):
+    """Best val PSNR among the largest sampled configs under ``target_macs`` (inherited weights)."""
+    space = supernet.space
+    rng = random.Random(seed)
+    pool = {}
+    for _ in range(4000):
+        config = space.sample(rng)
+        macs = space.macs(config)
+        if 0.7 * target_macs <= macs <= target_macs:
+            pool[space.encode(config)] = macs
+    if not pool:
+        config = space.min_config()
+        return config, space.macs(config)
+    ranked = sorted(pool, key=pool.get, reverse=True)[:candidates]
+    scored = [(quality(supernet.extract(space.decode(c)), task, "val").psnr, c) for c in ranked]
+    best = max(scored)[1]
+    return space.decode(best), pool[best]
+
+
+def train_from_scratch(space, config, task, steps: int, seed: int, lr: float = 4e-4):
+    torch.manual_seed(seed)
+    model = space.build(config).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, step, steps)
+        x, y = task.batch(seed=seed, step=step, batch_size=16, crop=64)
+        loss = F.l1_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def latencies(models: dict[str, torch.nn.Module], size: int = 256, repeats: int = 7) -> dict[str, float]:
+    """Median seconds per 1x3xSxS forward, models interleaved so that machine noise hits all alike."""
+    x = torch.rand(1, 3, size, size) * 2 - 1
+    times = {name: [] for name in models}
+    for model in models.values():
+        model.eval()(x)  # warm-up
+    for _ in range(repeats):
+        for name, model in models.items():
+            began = time.perf_counter()
+            model(x)
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="weights/sr4x")
+    p.add_argument("--families", nargs="+", default=["resnet", "inception"])
+    p.add_argument("--scratch-steps", type=int, help="default: the supernet's training steps")
+    p.add_argument("--candidates", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args()
+    weights = Path(args.weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    task = load_task("sr4x")
+    teacher = load_generator(weights / manifest["teacher"]["file"])
+    t_macs = teacher.space.macs(teacher.config)
+    t_test = quality(teacher.module, task, "test")
+    bicubic = evaluate([x for _, x, _ in task.eval_images("test")], [y for _, _, y in task.eval_images("test")]).psnr
+    test_inputs = [x for _, x, _ in task.eval_images("test")]
+    teacher_outputs = generate(teacher.module, test_inputs)
+    print(f"teacher: {teacher.space.encode(teacher.config)}  {t_macs / 1e9:.3f}G MACs (torchprofile, 256x256)  "
+          f"{teacher.space.params(teacher.config):,} params  test PSNR {t_test.psnr:.2f}  SSIM {t_test.ssim:.4f}")
+    print(f"bicubic: test PSNR {bicubic:.2f}   (test split: {', '.join(task.test.names)}, centre 256x256 crops)\n")
+    rows = []
+    students = {"teacher": teacher.module}
+    for family in args.families:
+        entry = manifest[f"supernet_{family}"]
+        supernet, record = load_supernet(weights / entry["file"])
+        steps = args.scratch_steps or record["step"]
+        for fraction in FRACTIONS:
+            config, macs = pick_subnet(supernet, task, t_macs / fraction, args.candidates, args.seed)
+            student = supernet.extract(config).eval()
+            ofa = quality(student, task, "test", teacher_outputs)
+            began = time.perf_counter()
+            scratch = quality(train_from_scratch(supernet.space, config, task, steps, args.seed), task, "test")
+            name = f"{family} 1/{fraction}"
+            students[name] = student
+            rows.append({"subnet": name, "config": supernet.space.encode(config), "macs": macs,
+                         "macs_ratio": t_macs / macs, "psnr": ofa.psnr, "ssim": ofa.ssim,
+                         "fidelity_psnr": ofa.fidelity_psnr, "scratch_psnr": scratch.psnr,
+                         "scratch_steps": steps, "scratch_seconds": time.perf_counter() - began})
+    lat = latencies(students)
+    header = (f"{'subnet':<16}{'MACs':>8}{'x fewer':>9}{'PSNR':>8}{'SSIM':>8}{'fidelity':>10}{'scratch':>9}"
+              f"{'d teacher':>11}{'d scratch':>11}{'speedup':>9}{'/MACs':>7}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        row["latency_s"] = lat[row["subnet"]]
+        row["speedup"] = lat["teacher"] / lat[row["subnet"]]
+        print(f"{row['subnet']:<16}{row['macs'] / 1e9:>7.3f}G{row['macs_ratio']:>9.1f}{row['psnr']:>8.2f}"
+              f"{row['ssim']:>8.4f}{row['fidelity_psnr']:>10.2f}{row['scratch_psnr']:>9.2f}"
+              f"{row['psnr'] - t_test.psnr:>+11.2f}{row['psnr'] - row['scratch_psnr']:>+11.2f}"
+              f"{row['speedup']:>8.1f}x{row['speedup'] / row['macs_ratio']:>7.2f}")
+    print(f"\nteacher latency {lat['teacher'] * 1e3:.1f} ms per 256x256 image on this CPU "
+          f"({torch.get_num_threads()} threads); scratch = same subnet, same steps, L1 to ground truth, no teacher")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"teacher_psnr": t_test.psnr, "bicubic_psnr": bicubic, "rows": rows},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
