@@ -17,6 +17,7 @@ from tqdm import tqdm
 from nas.checkpoint import LoadedGenerator, load_generator
 from nas.cli import Parser, run
 from nas.data import IMAGE_SUFFIXES, SR_SCALE, image_files, read_image, to_uint8, upscale
+from nas.files import atomic_write
 from spaces.errors import UserError
 
 
@@ -85,10 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipped: {exc}", file=sys.stderr)
             continue
         result = apply_to_image(module, image, scale, device)
-        target = output / f"{path.stem}.png"
-        tmp = target.with_name(f".{target.name}.tmp")
-        Image.fromarray(to_uint8(result)).save(tmp, format="PNG")
-        tmp.replace(target)
+        pixels = Image.fromarray(to_uint8(result))
+        atomic_write(output / f"{path.stem}.png", lambda tmp: pixels.save(tmp, format="PNG"))
         written += 1
     print(f"wrote {written} image(s) to {output}" + (f"; skipped {len(skipped)} unreadable" if skipped else ""))
     return 0 if written else 2

@@ -7,9 +7,7 @@ config string and the state dict, so it rebuilds without the space file it came 
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.files import atomic_write
 from spaces.errors import UserError
 from spaces.schema import parse_space
 from spaces.space import Config, SearchSpace
@@ -42,18 +41,8 @@ def safe_load(path: str | Path) -> Any:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is shared like any output
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` through a temporary file: never half-written."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 @dataclass

@@ -7,8 +7,6 @@ command reports success; the largest differences are written to ``export.json``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from nas.checkpoint import load_generator, save_generator
+from nas.files import atomic_write, atomic_write_text
 from nas.cli import Parser, run
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace
@@ -24,18 +23,6 @@ from spaces.space import Config, SearchSpace
 TORCHSCRIPT_TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
 CHECK_SHAPES = ((1, 64, 64), (2, 96, 128))
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_inputs(channels: int) -> list[torch.Tensor]:
@@ -49,7 +36,7 @@ def export_torchscript(module: nn.Module, path: Path, channels: int) -> float:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, inputs[0])
-        _atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
+        atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
         loaded = torch.jit.load(str(path))
         return max(float((loaded(x) - module(x)).abs().max()) for x in inputs)
 
@@ -62,7 +49,7 @@ def export_onnx(module: nn.Module, path: Path, channels: int) -> float:
     dynamic = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "height", 3: "width"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _atomic_write(path, lambda tmp: torch.onnx.export(
+        atomic_write(path, lambda tmp: torch.onnx.export(
             module, (inputs[0],), tmp, dynamo=False, input_names=["input"], output_names=["output"],
             dynamic_axes=dynamic, opset_version=17))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -91,7 +78,7 @@ def export_generator(module: nn.Module, space: SearchSpace, config: Config, out:
         if report["max_abs_diff"][form] > tolerance:
             raise UserError(f"exported {form} differs from the PyTorch subnet by {report['max_abs_diff'][form]:.2e} "
                             f"(tolerance {tolerance:.0e}); the export in {out} is not trustworthy")
-    _atomic_write(out / "export.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write_text(out / "export.json", json.dumps(report, indent=2) + "\n")
     return report
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from evaluators.quality import evaluate, generate
 from nas.checkpoint import atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
+from nas.files import atomic_write_text
 from spaces.errors import UserError
 
 
@@ -90,11 +89,7 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
     entries = json.loads(manifest.read_text()) if manifest.exists() else {}
     entries[name] = entry
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=manifest.parent)
-    os.close(fd)
-    Path(tmp).write_text(json.dumps(entries, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")
     return entry
 
 
