@@ -1,0 +1,336 @@
+"""``python -m nas.search``: search students under a MACs budget with Ray Tune trials sampled by Optuna.
+
+    python -m nas.search --space inception --budget 0.5G
+
+Without --task/--teacher/--supernet it runs on the embedded default (sr4x with the shipped
+teacher and supernets). It writes runs/NAME/: trials.csv (one row per evaluated candidate),
+pareto.html, run.json, optuna.db (open it with optuna-dashboard) and best/ (the best feasible
+student, exported). The same command with --address runs on a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluators.macs import format_macs, parse_macs
+from nas.cli import Parser, run
+from nas.files import atomic_write_text
+from nas.methods import SearchContext, SearchMethod, get_method
+from nas.pareto import pareto_front, render_html
+from nas.results import ResultsTable
+from spaces.errors import UserError
+from spaces.space import CONVENTIONS, builtin_spaces
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEIGHTS = ROOT / "weights" / "sr4x"
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+@dataclass
+class SearchOptions:
+    space: str
+    budget: int
+    method: str = "ofa"
+    task: str = "sr4x"
+    teacher: str | None = None
+    supernet: str | None = None
+    trials: int = 40
+    seed: int = 0
+    out: str = ""
+    sampler: str = "nsga2"
+    macs_convention: str = "torchprofile"
+    address: str | None = None
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_failures: int = 2
+    latency_resolution: int = 256
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ checks before Ray
+
+
+def embedded_defaults(options: SearchOptions) -> None:
+    """Fill teacher/supernet from the shipped sr4x weights when the user gave none."""
+    if options.teacher and (options.supernet or options.method != "ofa"):
+        return
+    manifest_path = DEFAULT_WEIGHTS / "manifest.json"
+    if options.task != "sr4x" or not manifest_path.exists():
+        missing = "--teacher" if not options.teacher else "--supernet"
+        raise UserError(f"{missing} is required for --task {options.task} (the shipped weights are for sr4x)")
+    manifest = json.loads(manifest_path.read_text())
+    options.teacher = options.teacher or str(DEFAULT_WEIGHTS / manifest["teacher"]["file"])
+    if options.method == "ofa" and not options.supernet:
+        key = f"supernet_{options.space}"
+        if key not in manifest:
+            shipped = sorted(k.removeprefix("supernet_") for k in manifest if k.startswith("supernet_"))
+            raise UserError(f"no shipped supernet for space {options.space!r} (shipped: {', '.join(shipped)}); "
+                            f"train one with `python -m nas.train supernet --space {options.space} ...` "
+                            "and pass --supernet")
+        options.supernet = str(DEFAULT_WEIGHTS / manifest[key]["file"])
+
+
+def check_address(address: str | None) -> str | None:
+    """Resolve --address (or RAY_ADDRESS) and check that something listens there, before Ray starts."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return None
+    if address == "auto":
+        current = Path("/tmp/ray/ray_current_cluster")
+        if not current.exists():
+            raise UserError("--address auto: no running Ray cluster found on this machine; start one with "
+                            "`ray start --head` or leave out --address for a local instance")
+        address = current.read_text().strip()
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
+            pass
+    except (OSError, ValueError):
+        raise UserError(f"--address {address}: no Ray cluster answers there; check the address "
+                        "(host:port of the head node, e.g. 127.0.0.1:6379) or leave out --address") from None
+    return address
+
+
+def check_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "run.json").is_file():
+            raise UserError(f"--resume: {out} holds no search (no run.json); start it without --resume")
+        return
+    if (out / "run.json").exists() or (out / "trials.csv").exists():
+        raise UserError(f"--out {out} already holds a search; pass --resume to continue it or choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no search; choose an empty or new folder")
+
+
+def prepare(options: SearchOptions) -> SearchMethod:
+    """Everything that can be checked without Ray: space, weights, budget against the smallest config."""
+    if options.macs_convention not in CONVENTIONS:
+        raise UserError(f"--macs-convention must be one of {', '.join(CONVENTIONS)}")
+    if options.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {options.trials}")
+    if options.sampler not in SAMPLERS:
+        raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+    method_class = get_method(options.method)
+    if options.space not in builtin_spaces() and not Path(options.space).exists():
+        raise UserError(f"unknown space {options.space!r}; give one of {', '.join(builtin_spaces())} or the path of "
+                        "a space YAML file")
+    embedded_defaults(options)
+    for label, path in (("--teacher", options.teacher), ("--supernet", options.supernet)):
+        if path and not Path(path).is_file():
+            raise UserError(f"{label} {path} not found")
+    method = method_class(SearchContext(method=options.method, task=options.task, teacher=options.teacher,
+                                        supernet=options.supernet, seed=options.seed,
+                                        latency_resolution=options.latency_resolution,
+                                        device="cuda" if options.gpus_per_trial > 0 else "cpu"))
+    space = method.space
+    smallest = getattr(space.cost(space.min_config()), options.macs_convention)
+    if options.budget < smallest:
+        raise UserError(f"budget {format_macs(options.budget)} is below the smallest config of space '{space.name}' "
+                        f"({format_macs(smallest)} MACs, {options.macs_convention} convention, "
+                        f"{space.resolution}x{space.resolution}); raise --budget")
+    return method
+
+
+# --------------------------------------------------------------------------------------- the run
+
+
+def _versions() -> dict[str, str]:
+    import optuna
+    import ray
+    import torch
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__}
+
+
+def _sampler(name: str, seed: int):
+    import optuna
+
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _close_interrupted_trials(storage_url: str, study_name: str) -> int:
+    """Optuna trials asked but never told (the driver died) become FAIL, so the study can go on."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        return 0
+    closed = 0
+    for trial in study.get_trials(deep_copy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        closed += 1
+    return closed
+
+
+def run_search(options: SearchOptions, *, resume: bool = False, command: str = "") -> Path:
+    """Run (or continue) a search; returns the run folder."""
+    from nas.tune_driver import tune_trials
+
+    out = Path(options.out or f"runs/{Path(options.space).stem}-{options.budget}").resolve()
+    check_out(out, resume)
+    address = check_address(options.address)
+    method = prepare(options)
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / "run.json"
+    info: dict[str, Any] = json.loads(run_file.read_text()) if resume else {
+        "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": asdict(options),
+        "versions": _versions(), "space": method.space.name, "resumes": [], "rejected": 0,
+    }
+    table = ResultsTable(out / "trials.csv")
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    if resume:
+        info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table),
+                                "interrupted_optuna_trials": _close_interrupted_trials(storage, "search")})
+    info["status"] = "running"
+    atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+    remaining = options.trials - len(table)
+    rejected = 0
+    if remaining > 0:
+        rejected = tune_trials(method, options, table, out=out, storage=storage, address=address,
+                               sampler=_sampler(options.sampler, options.seed + len(info["resumes"])),
+                               experiment=f"tune-{len(info['resumes'])}", done=len(table))
+    info["rejected"] = info.get("rejected", 0) + rejected
+    summary = finish(method, options, table, out)
+    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
+    atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+    print_summary(options, table, out, info)
+    return out
+
+
+def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
+    """Pareto front into pareto.html, and the best feasible student exported into best/."""
+    frame = table.frame()
+    column = f"macs_{options.macs_convention}"
+    teacher_macs = teacher_quality = None
+    try:
+        from nas.checkpoint import load_generator
+
+        teacher = load_generator(options.teacher)
+        teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
+        teacher_quality = _teacher_val_psnr(teacher.module, options.task)
+    except UserError:
+        pass
+    front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
+                         teacher_quality=teacher_quality)
+    render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "
+                f"({len(front.candidates)} candidates, budget {format_macs(options.budget)})",
+                quality_label="val PSNR (dB)")
+    feasible = front.candidates[front.candidates["feasible"].astype(str).isin(["True", "true", "1"])]
+    best = None
+    if len(feasible):
+        row = feasible.sort_values(["quality", column], ascending=[False, True]).iloc[0]
+        best = {"config": row["config"], "quality": float(row["quality"]), "macs": int(row[column])}
+        best_dir = out / "best"
+        if not (best_dir / "model.pth").exists() or json.loads((best_dir / "export.json").read_text()).get(
+                "config") != row["config"]:
+            if (best_dir / "model.pth").exists():
+                for f in best_dir.iterdir():
+                    f.unlink()
+            method.export(method.space.decode(row["config"]), best_dir)
+    return {"best": best, "front": front.front_rows["config"].tolist(), "teacher_val_psnr": teacher_quality,
+            "teacher_macs": teacher_macs}
+
+
+def _teacher_val_psnr(module, task_spec: str) -> float | None:
+    from evaluators.quality import evaluate, generate
+    from nas.data import load_task
+
+    task = load_task(task_spec)
+    images = task.eval_images("val")
+    outputs = generate(module, [x for _, x, _ in images])
+    return evaluate(outputs, [y for _, _, y in images]).psnr if task.val.targets is not None else None
+
+
+def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: dict[str, Any]) -> None:
+    frame = table.frame()
+    column = f"macs_{options.macs_convention}"
+    front = pareto_front(frame, macs_column=column, budget=options.budget)
+    rows = front.front_rows
+    ok = int((frame["status"] == "ok").sum())
+    errors = int((frame["status"] == "error").sum())
+    print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget "
+          f"({format_macs(options.budget)} MACs, {options.macs_convention})")
+    print(f"Pareto front ({len(rows)} of {len(front.candidates)}):")
+    print(f"  {'MACs':>8}  {'quality':>8}  {'params':>9}  {'latency':>9}  feasible  config")
+    for _, r in rows.iterrows():
+        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {int(r['params']):>9,}  "
+              f"{float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
+    best = info.get("best")
+    if best:
+        print(f"best feasible: {best['config']}  quality {best['quality']:.3f}  MACs {format_macs(best['macs'])}")
+    print(f"files: {out / 'trials.csv'}, {out / 'pareto.html'}, {out / 'run.json'}, {out / 'optuna.db'}"
+          + (f", {out / 'best'}/" if best else ""))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m nas.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="inception", help="resnet | inception | agd | PATH.yaml")
+    p.add_argument("--budget", help="MACs budget per image: 2.6G, 500M or 2.6e9 (required unless --resume)")
+    p.add_argument("--method", default="ofa", help="ofa (dmask, prune, agd, kd: planned)")
+    p.add_argument("--task", default="sr4x", help="sr4x (embedded) or a data folder")
+    p.add_argument("--teacher", help="teacher checkpoint (default: the shipped sr4x teacher)")
+    p.add_argument("--supernet", help="supernet checkpoint for --method ofa (default: the shipped one)")
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run folder (default runs/<space>-<budget>)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--sampler", default="nsga2", help="nsga2 | tpe | random")
+    p.add_argument("--macs-convention", default="torchprofile", help="torchprofile (default) | fvcore")
+    p.add_argument("--address", help="Ray cluster address (auto, host:port); default: RAY_ADDRESS or a local instance")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (0.25)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial before it is recorded")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "python -m nas.search " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.resume:
+        if not args.out:
+            raise UserError("--resume needs --out (the run folder to continue)")
+        run_file = Path(args.out) / "run.json"
+        if not run_file.is_file():
+            raise UserError(f"--resume: {args.out} holds no search (no run.json); start it without --resume")
+        stored = json.loads(run_file.read_text())["options"]
+        options = SearchOptions(**{**stored, "address": args.address, "progress": not args.no_progress,
+                                   "trials": args.trials if "--trials" in (argv or sys.argv) else stored["trials"]})
+        run_search(options, resume=True, command=command)
+        return 0
+    if not args.budget:
+        raise UserError("--budget is required (e.g. --budget 2.6G, 500M or 2.6e9)")
+    try:
+        budget = parse_macs(args.budget)
+    except ValueError as exc:
+        raise UserError(f"--budget: {exc}") from None
+    options = SearchOptions(space=args.space, budget=budget, method=args.method, task=args.task, teacher=args.teacher,
+                            supernet=args.supernet, trials=args.trials, seed=args.seed, out=args.out or "",
+                            sampler=args.sampler, macs_convention=args.macs_convention, address=args.address,
+                            gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                            max_failures=args.max_failures, progress=not args.no_progress)
+    run_search(options, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

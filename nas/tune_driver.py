@@ -1,0 +1,200 @@
+"""The Ray Tune side of a search: a reusable trainable, a budget-gated Optuna searcher, progress.
+
+Tune's per-trial overhead is large against one subnet evaluation, so each worker actor loads the
+method's resources once (``setup``) and is reused across trials (``reset_config``). Samples over
+the MACs budget are rejected on the driver with the analytic count, before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+from tqdm import tqdm
+
+from nas.methods import SearchContext, SearchMethod, get_method
+from nas.results import ResultsTable
+
+MAX_REJECTIONS = 100_000
+
+
+class CandidateTrainable(tune.Trainable):
+    """Evaluates one candidate per trial; the method (supernet, val data) is loaded once per actor."""
+
+    def setup(self, config: dict[str, Any], context: SearchContext) -> None:
+        self.method = get_method(context.method)(context)
+        self.method.load()
+        self.params = config
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        self.params = new_config
+        return True
+
+    def step(self) -> dict[str, Any]:
+        if os.environ.get("NAS_FAIL_CONFIG") and self.method.describe(self.params) == os.environ["NAS_FAIL_CONFIG"]:
+            raise RuntimeError("injected failure (NAS_FAIL_CONFIG)")  # lets tests show retries and error rows
+        return {**self.method.evaluate(self.params), "done": True}
+
+
+class BudgetSearcher(Searcher):
+    """Optuna's suggestions through a MACs gate; evaluated results are recorded before Optuna is told.
+
+    A sample over budget is never evaluated: it is told to Optuna as failed (with its MACs as an
+    attribute), counted, and the next sample is drawn. Recording the row first means a driver
+    killed between the two loses nothing that Optuna knows of.
+    """
+
+    def __init__(self, inner: OptunaSearch, method: SearchMethod, table: ResultsTable, *, budget: int,
+                 convention: str) -> None:
+        super().__init__(metric=["quality", "macs"], mode=["max", "min"])
+        self.inner, self.method, self.table = inner, method, table
+        self.budget, self.convention = budget, convention
+        self.rejected = 0
+        self._probe: dict[str, str] = {}
+        self._params: dict[str, dict[str, Any]] = {}
+        self._attempt = 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        for _ in range(MAX_REJECTIONS):
+            self._attempt += 1
+            probe = f"{trial_id}~{self._attempt}"
+            params = self.inner.suggest(probe)
+            if params is None or params == Searcher.FINISHED:
+                return params
+            macs = getattr(self.method.cost(params), self.convention)
+            if macs <= self.budget:
+                self._probe[trial_id] = probe
+                self._params[trial_id] = params
+                return params
+            self.rejected += 1
+            self.inner._ot_trials[probe].set_user_attr("rejected_macs", macs)
+            self.inner.on_trial_complete(probe, result=None, error=True)
+        raise RuntimeError(f"no sample under the budget in {MAX_REJECTIONS} tries")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # one result per trial: everything happens on completion
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        probe, params = self._probe.pop(trial_id, None), self._params.pop(trial_id, None)
+        if probe is None:
+            return
+        if result and not error and result.get("quality") is not None:
+            cost = self.method.cost(params)
+            macs = getattr(cost, self.convention)
+            self.table.add({
+                "trial_id": trial_id, "method": self.method.name, "space": self.method.space.name,
+                "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
+                "macs_fvcore": cost.fvcore, "params": cost.params, "quality": result["quality"],
+                "psnr": result.get("psnr"), "ssim": result.get("ssim"), "fidelity_psnr": result.get("fidelity_psnr"),
+                "latency_ms": result.get("latency_ms"), "feasible": macs <= self.budget, "status": "ok",
+                "node": result.get("node_ip"), "seconds": round(result.get("time_total_s", 0.0), 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            })
+            self.inner._ot_trials[probe].set_user_attr("config", self.method.describe(params))
+            self.inner.on_trial_complete(probe, result={"quality": result["quality"], "macs": macs})
+        else:
+            self.inner.on_trial_complete(probe, result=None, error=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        # Resuming goes through trials.csv and the Optuna storage, not through Tune's searcher state.
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"rejected": self.rejected}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.rejected = pickle.load(f)["rejected"]
+
+
+class ProgressCallback(Callback):
+    """Trials done / total and the best feasible candidate so far; records trials that failed for good."""
+
+    def __init__(self, method: SearchMethod, table: ResultsTable, *, total: int, done: int, convention: str,
+                 enabled: bool) -> None:
+        self.method, self.table, self.convention = method, table, convention
+        self.bar = tqdm(total=total, initial=done, desc="search", unit="trial", disable=not enabled,
+                        dynamic_ncols=True)
+
+    def _update(self) -> None:
+        frame = self.table.frame()
+        ok = frame[(frame["status"] == "ok") & frame["feasible"].astype(bool)]
+        self.bar.n = len(frame)
+        if len(ok):
+            best = ok.loc[ok["quality"].astype(float).idxmax()]
+            self.bar.set_postfix_str(f"best feasible {float(best['quality']):.3f} at "
+                                     f"{float(best[f'macs_{self.convention}']) / 1e9:.3g}G")
+        self.bar.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._update()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if trial.trial_id not in self.table:
+            params = dict(trial.config)
+            cost = self.method.cost(params)
+            message = _error_message(trial)
+            self.table.add({"trial_id": trial.trial_id, "method": self.method.name, "space": self.method.space.name,
+                            "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
+                            "macs_fvcore": cost.fvcore, "params": cost.params, "feasible": True, "status": "error",
+                            "error": message, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._update()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _error_message(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:500]
+    return "trial failed"
+
+
+def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path, storage: str, address: str | None,
+                sampler, experiment: str, done: int) -> int:
+    """Run ``options.trials - done`` trials; returns how many samples were rejected over budget."""
+    import optuna
+    import ray
+    from ray.tune import FailureConfig, RunConfig, TuneConfig
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed,
+                             study_name="search", storage=optuna.storages.RDBStorage(storage))
+        searcher = BudgetSearcher(inner, method, table, budget=options.budget, convention=options.macs_convention)
+        progress = ProgressCallback(method, table, total=options.trials, done=done,
+                                    convention=options.macs_convention, enabled=options.progress)
+        resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
+        trainable = tune.with_resources(tune.with_parameters(CandidateTrainable, context=method.context), resources)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={name: tune.choice(list(choices)) for name, choices in method.parameters().items()},
+            tune_config=TuneConfig(search_alg=searcher, num_samples=options.trials - done, reuse_actors=True),
+            run_config=RunConfig(name=experiment, storage_path=str(out / "tune"), verbose=0, callbacks=[progress],
+                                 failure_config=FailureConfig(max_failures=options.max_failures)),
+        )
+        tuner.fit()
+        progress.close()
+        return searcher.rejected
+    finally:
+        if started_here:
+            ray.shutdown()
