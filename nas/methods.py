@@ -35,6 +35,7 @@ class SearchContext:
     latency_resolution: int = 256
     latency_repeats: int = 3
     device: str = "cpu"
+    macs_convention: str = "torchprofile"
 
 
 class SearchMethod(ABC):

@@ -131,7 +131,8 @@ def prepare(options: SearchOptions) -> SearchMethod:
     method = method_class(SearchContext(method=options.method, task=options.task, teacher=options.teacher,
                                         supernet=options.supernet, seed=options.seed,
                                         latency_resolution=options.latency_resolution,
-                                        device="cuda" if options.gpus_per_trial > 0 else "cpu"))
+                                        device="cuda" if options.gpus_per_trial > 0 else "cpu",
+                                        macs_convention=options.macs_convention))
     space = method.space
     smallest = getattr(space.cost(space.min_config()), options.macs_convention)
     if options.budget < smallest:

@@ -37,10 +37,17 @@ class CandidateTrainable(tune.Trainable):
         self.params = new_config
         return True
 
+    def save_checkpoint(self, checkpoint_dir: str) -> dict:
+        return {}  # a trial is one evaluation: there is no state to keep between steps
+
+    def load_checkpoint(self, checkpoint: dict | str | None) -> None:
+        pass
+
     def step(self) -> dict[str, Any]:
         if os.environ.get("NAS_FAIL_CONFIG") and self.method.describe(self.params) == os.environ["NAS_FAIL_CONFIG"]:
             raise RuntimeError("injected failure (NAS_FAIL_CONFIG)")  # lets tests show retries and error rows
-        return {**self.method.evaluate(self.params), "done": True}
+        macs = getattr(self.method.cost(self.params), self.method.context.macs_convention)
+        return {**self.method.evaluate(self.params), "macs": macs, "done": True}
 
 
 class BudgetSearcher(Searcher):
@@ -176,7 +183,8 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            # A local instance stays on loopback.
+            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed,
                              study_name="search", storage=optuna.storages.RDBStorage(storage))
