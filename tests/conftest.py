@@ -16,3 +16,19 @@ if "PYTEST_XDIST_WORKER" in __import__("os").environ:
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A tiny teacher and a tiny inception supernet trained for 3 steps on sr4x: (teacher, supernet) paths."""
+    from nas import train
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    common = ["--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "2", "--checkpoint-every", "2",
+              "--no-progress", "--device", "cpu"]
+    train.main(["teacher", "--space", str(ROOT / "tests/spaces/tiny_teacher.yaml"), "--out", str(root / "teacher"),
+                *common])
+    teacher = root / "teacher" / "checkpoint.pth"
+    train.main(["supernet", "--space", str(ROOT / "tests/spaces/tiny_inception.yaml"), "--teacher", str(teacher),
+                "--out", str(root / "supernet"), *common])
+    return teacher, root / "supernet" / "checkpoint.pth"

@@ -15,19 +15,11 @@ from nas import train
 from nas.checkpoint import load_generator
 from spaces import UserError
 
-TINY = ["--batch-size", "2", "--crop", "32", "--eval-every", "2", "--checkpoint-every", "2", "--no-progress",
-        "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    train.main(["teacher", "--space", "tests/spaces/tiny_teacher.yaml", "--out", str(root / "teacher"),
-                "--steps", "3", *TINY])
-    teacher = root / "teacher" / "checkpoint.pth"
-    train.main(["supernet", "--space", "tests/spaces/tiny_inception.yaml", "--teacher", str(teacher),
-                "--out", str(root / "supernet"), "--steps", "3", *TINY])
-    return teacher, root / "supernet" / "checkpoint.pth"
+def trained(tiny_models):
+    return tiny_models
 
 
 def test_export_writes_three_forms_that_agree(tmp_path, trained):

@@ -1,0 +1,118 @@
+"""nas.search end to end on tiny real models: Ray Tune trials, Optuna, the budget, results, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from spaces import load_space
+
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time on two cores
+
+SPACE = "tests/spaces/tiny_inception.yaml"
+
+
+def search_cmd(tiny_models, out, *extra):
+    teacher, supernet = tiny_models
+    return [sys.executable, "-m", "nas.search", "--space", SPACE, "--teacher", str(teacher), "--supernet",
+            str(supernet), "--out", str(out), "--no-progress", *extra]
+
+
+def run(cmd, env=None, timeout=600):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_search_writes_table_front_run_and_best_student(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    done = run(search_cmd(tiny_models, out, "--budget", "4M", "--trials", "6", "--sampler", "random"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert len(table) == 6 and table["trial_id"].is_unique and (table["status"] == "ok").all()
+    assert (table["macs_torchprofile"] <= 4_000_000).all() and table["feasible"].all()
+    space = load_space(SPACE)
+    for _, row in table.iterrows():  # the recorded MACs are the config's
+        assert space.macs(space.decode(row["config"])) == row["macs_torchprofile"]
+        assert row["psnr"] > 10 and row["latency_ms"] > 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "finished" and info["versions"]["ray"] and "--budget 4M" in info["command"]
+    assert info["rejected"] > 0  # 4M is below much of this space: samples over it were never evaluated
+    best = table.loc[table["quality"].idxmax()]
+    assert info["best"]["config"] == best["config"]
+    assert json.loads((out / "best" / "export.json").read_text())["config"] == best["config"]
+    html = (out / "pareto.html").read_text()
+    assert "Pareto front" in html and "budget 4M" in html and best["config"] in html
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6 and len(study.trials) == 6 + info["rejected"]
+    assert "Pareto front" in done.stdout and "best feasible" in done.stdout
+
+
+def test_failing_trials_are_retried_then_recorded(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    done = run(search_cmd(tiny_models, out, "--budget", "30M", "--trials", "6", "--sampler", "random",
+                          "--max-failures", "1"), env={"NAS_FAIL_CONFIG": "^4_"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert len(table) == 6
+    failed = table[table["status"] == "error"]
+    assert len(failed) and failed["config"].str.startswith("4_").all()
+    assert failed["error"].str.contains("injected failure").all()
+    assert (table[table["status"] == "ok"]["config"].str.startswith("8_")).all()
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    cmd = search_cmd(tiny_models, out, "--budget", "30M", "--trials", "8")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        if (out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert 2 <= len(before) < 8
+    done = run(search_cmd(tiny_models, out, "--resume")[:3] + ["--out", str(out), "--resume", "--no-progress"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert len(after) == 8 and after["trial_id"].is_unique
+    kept = after.set_index("trial_id").loc[before["trial_id"]]
+    assert (kept["config"].values == before["config"].values).all()  # nothing finished was lost or redone
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 8
+    info = json.loads((out / "run.json").read_text())
+    assert len(info["resumes"]) == 1 and info["status"] == "finished"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "unet", "--budget", "1G"], "unknown space 'unet'"),
+    (["--budget", "lots"], "cannot read 'lots' as MACs"),
+    (["--budget=-2G"], "MACs must be a positive number"),
+    (["--budget", "1M"], "budget 1M is below the smallest config of space 'tiny_inception' (1.757M MACs"),
+    (["--budget", "1G", "--address", "127.0.0.1:1"], "no Ray cluster answers there"),
+    (["--budget", "1G", "--method", "dmask"], "--method dmask is not available yet"),
+])
+def test_bad_input_fails_before_ray_starts(tmp_path, tiny_models, args, message):
+    cmd = search_cmd(tiny_models, tmp_path / "run")
+    cmd = cmd[:3] + [a for a in cmd[5:]] if args[0] == "--space" else cmd
+    began = time.time()
+    done = run(cmd + args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert time.time() - began < 60 and not (tmp_path / "run").exists()
+
+
+def test_out_holding_another_run_is_refused(tmp_path, tiny_models):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    done = run(search_cmd(tiny_models, out, "--budget", "30M"))
+    assert done.returncode == 2 and "already holds a search" in done.stderr
