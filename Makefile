@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo test test-slow bench clean
+.PHONY: venv demo inspect test test-slow bench clean
 
 venv: $(VENV)/.installed
 
@@ -15,14 +15,22 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
+	$(PY) -m nas.search --space inception --budget 0.5G --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+inspect: venv
 	for space in resnet inception agd; do $(PY) -m nas.inspect --space $$space --config max || exit 1; \
 		$(PY) -m nas.inspect --space $$space --config min || exit 1; echo; done
 
+bench: venv
+	$(PY) bench/ofa_sr4x.py
+	$(PY) bench/search_overhead.py
+	$(PY) bench/sampler_efficiency.py
+
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -n 2 -q
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q
 
 test-slow: venv
-	$(TEST_ENV) $(PY) -m pytest -n 2 -q -m slow
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q -m slow
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -108,7 +108,7 @@ class BudgetSearcher(Searcher):
                 "psnr": result.get("psnr"), "ssim": result.get("ssim"), "fidelity_psnr": result.get("fidelity_psnr"),
                 "latency_ms": result.get("latency_ms"), "feasible": macs <= self.budget, "status": "ok",
                 "node": result.get("node_ip"), "seconds": round(result.get("time_total_s", 0.0), 3),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "finished_at": _now(),
             })
             self.inner._ot_trials[probe].set_user_attr("config", self.method.describe(params))
             self.inner.on_trial_complete(probe, result={"quality": result["quality"], "macs": macs})
@@ -155,11 +155,17 @@ class ProgressCallback(Callback):
             self.table.add({"trial_id": trial.trial_id, "method": self.method.name, "space": self.method.space.name,
                             "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
                             "macs_fvcore": cost.fvcore, "params": cost.params, "feasible": True, "status": "error",
-                            "error": message, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                            "error": message, "finished_at": _now()})
         self._update()
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _now() -> str:
+    """Wall-clock time with milliseconds (throughput is read off these stamps)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
 def _error_message(trial) -> str:

@@ -116,3 +116,29 @@ def test_out_holding_another_run_is_refused(tmp_path, tiny_models):
     (out / "run.json").write_text("{}")
     done = run(search_cmd(tiny_models, out, "--budget", "30M"))
     assert done.returncode == 2 and "already holds a search" in done.stderr
+
+
+def test_losing_a_worker_node_loses_no_trial(tmp_path, tiny_models):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        worker = cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        out = tmp_path / "run"
+        cmd = search_cmd(tiny_models, out, "--budget", "30M", "--trials", "10", "--max-failures", "3",
+                         "--address", cluster.address)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 2:
+                break
+            time.sleep(0.2)
+        cluster.remove_node(worker)  # trials running there die with it
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-2000:]
+        table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+        assert len(table) == 10 and table["trial_id"].is_unique
+        assert (table["status"] == "ok").all()  # the lost node's trials were retried on the head node
+    finally:
+        cluster.shutdown()

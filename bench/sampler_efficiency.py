@@ -1,0 +1,70 @@
+"""Search efficiency: hypervolume of the Pareto front after N trials with NSGA-II, TPE and random
+sampling, mean over 3 seeds, side by side (nas.search on the shipped sr4x supernet).
+
+    python bench/sampler_efficiency.py [--space inception] [--budget 1G] [--trials 24] [--seeds 0 1 2]
+
+Hypervolume of (val PSNR up, MACs down), dominated region up to the reference point
+(lowest PSNR seen in any run, the budget); MACs in G. Prints; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluators.macs import parse_macs  # noqa: E402
+from nas.search import SAMPLERS, SearchOptions, run_search  # noqa: E402
+
+
+def hypervolume(points: np.ndarray, reference: tuple[float, float]) -> float:
+    """2-d hypervolume of (quality, macs) points, quality maximised and MACs minimised."""
+    q_ref, m_ref = reference
+    pts = sorted((m, q) for q, m in points if q > q_ref and m < m_ref)
+    volume, best = 0.0, q_ref
+    for i, (m, q) in enumerate(pts):  # sweep by MACs; each step adds the area above the best so far
+        best = max(best, q)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else m_ref
+        volume += (nxt - m) * (best - q_ref)
+    return volume
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="inception")
+    p.add_argument("--budget", default="1G")
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args()
+    budget = parse_macs(args.budget)
+    runs: dict[str, list[pd.DataFrame]] = {s: [] for s in SAMPLERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for sampler in SAMPLERS:
+            for seed in args.seeds:
+                out = run_search(SearchOptions(space=args.space, budget=budget, trials=args.trials, seed=seed,
+                                               sampler=sampler, out=str(Path(tmp) / f"{sampler}-{seed}"),
+                                               progress=False), command="bench")
+                runs[sampler].append(pd.read_csv(out / "trials.csv"))
+    ok = [t[t["status"] == "ok"] for tables in runs.values() for t in tables]
+    q_ref = min(float(t["quality"].min()) for t in ok) - 1e-3
+    reference = (q_ref, budget / 1e9)
+    print(f"space {args.space}, budget {args.budget}, {args.trials} trials per run, seeds {args.seeds}; "
+          f"reference point ({q_ref:.3f} dB, {budget / 1e9:.3g}G)")
+    print(f"{'sampler':<10}{'hypervolume (mean)':>20}{'per seed':>30}{'best PSNR (mean)':>18}")
+    for sampler, tables in runs.items():
+        volumes = [hypervolume(t[t["status"] == "ok"][["quality", "macs_torchprofile"]].to_numpy()
+                               / np.array([1.0, 1e9]), reference) for t in tables]
+        best = statistics.mean(float(t["quality"].max()) for t in tables)
+        print(f"{sampler:<10}{statistics.mean(volumes):>20.4f}{', '.join(f'{v:.4f}' for v in volumes):>30}"
+              f"{best:>18.3f}")
+
+
+if __name__ == "__main__":
+    main()
