@@ -23,8 +23,13 @@ class ResultsTable:
         self.path = Path(path)
         self.rows: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            for row in pd.read_csv(self.path, keep_default_na=False, dtype={"config": str}).to_dict("records"):
-                self.rows[str(row["trial_id"])] = {k: (None if v == "" else v) for k, v in row.items()}
+            text_columns = {c: str for c in ("trial_id", "method", "space", "config", "status", "error", "node",
+                                             "finished_at")}
+            frame = pd.read_csv(self.path, dtype=text_columns)
+            for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
+                if row["feasible"] is not None:
+                    row["feasible"] = str(row["feasible"]).lower() in ("true", "1")
+                self.rows[str(row["trial_id"])] = row
 
     def __len__(self) -> int:
         return len(self.rows)

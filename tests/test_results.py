@@ -1,0 +1,39 @@
+"""The results table and the Pareto front: data checked without drawing."""
+
+import pandas as pd
+
+from nas.pareto import pareto_front, render_html
+from nas.results import COLUMNS, ResultsTable
+
+
+def row(trial_id, macs, quality, status="ok", **extra):
+    return {"trial_id": trial_id, "config": f"c{trial_id}", "macs_torchprofile": macs, "macs_fvcore": macs // 2,
+            "params": 10, "quality": quality, "latency_ms": 1.0, "feasible": True, "status": status, **extra}
+
+
+def test_table_round_trips_and_keeps_one_row_per_trial(tmp_path):
+    table = ResultsTable(tmp_path / "trials.csv")
+    table.add(row("a", 100, 20.0))
+    table.add(row("b", 200, None, status="error", error="boom"))
+    table.add(row("a", 100, 21.0))  # a retried trial replaces its row
+    again = ResultsTable(tmp_path / "trials.csv")
+    assert len(again) == 2 and list(pd.read_csv(tmp_path / "trials.csv").columns) == COLUMNS
+    assert again.rows["a"]["quality"] == 21.0 and again.rows["a"]["feasible"] is True
+    assert again.rows["b"]["error"] == "boom" and again.rows["b"]["quality"] is None
+    assert not list(tmp_path.glob(".trials.csv.*"))
+
+
+def test_pareto_front_handles_dominance_and_ties():
+    frame = pd.DataFrame([row("a", 100, 20.0), row("b", 200, 19.0), row("c", 200, 22.0), row("d", 300, 22.0),
+                          row("e", 100, 20.0), row("f", 400, 25.0), row("g", 50, None, status="error")])
+    front = pareto_front(frame)
+    assert list(front.front_rows["trial_id"]) == ["a", "c", "f"]  # b and d dominated, e ties a (first kept)
+    assert len(front.candidates) == 6
+
+
+def test_render_html_draws_the_record(tmp_path):
+    frame = pd.DataFrame([row("a", 100e6, 20.0), row("b", 300e6, 22.0)])
+    render_html(pareto_front(frame, budget=250e6, teacher_macs=5e9, teacher_quality=23.0), tmp_path / "p.html",
+                title="t", quality_label="val PSNR")
+    html = (tmp_path / "p.html").read_text()
+    assert "Pareto front" in html and "budget 0.25G" in html and "teacher" in html and "ca" in html
