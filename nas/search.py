@@ -173,7 +173,7 @@ def _close_interrupted_trials(storage_url: str, study_name: str) -> int:
     except KeyError:
         return 0
     closed = 0
-    for trial in study.get_trials(deep_copy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         closed += 1
     return closed
