@@ -164,21 +164,6 @@ def _sampler(name: str, seed: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _close_interrupted_trials(storage_url: str, study_name: str) -> int:
-    """Optuna trials asked but never told (the driver died) become FAIL, so the study can go on."""
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
-    except KeyError:
-        return 0
-    closed = 0
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        closed += 1
-    return closed
-
-
 def run_search(options: SearchOptions, *, resume: bool = False, command: str = "") -> Path:
     """Run (or continue) a search; returns the run folder."""
     from nas.tune_driver import tune_trials
@@ -196,8 +181,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     table = ResultsTable(out / "trials.csv")
     storage = f"sqlite:///{out / 'optuna.db'}"
     if resume:
-        info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table),
-                                "interrupted_optuna_trials": _close_interrupted_trials(storage, "search")})
+        info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
     info["status"] = "running"
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
     remaining = options.trials - len(table)

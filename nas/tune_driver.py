@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray import tune
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -62,9 +63,10 @@ class BudgetSearcher(Searcher):
     """
 
     def __init__(self, inner: OptunaSearch, method: SearchMethod, table: ResultsTable, *, budget: int,
-                 convention: str) -> None:
+                 convention: str, record) -> None:
         super().__init__(metric=["quality", "macs"], mode=["max", "min"])
         self.inner, self.method, self.table = inner, method, table
+        self.record = record  # the run's SQLite study: evaluated trials only
         self.budget, self.convention = budget, convention
         self.rejected = 0
         self._probe: dict[str, str] = {}
@@ -72,7 +74,10 @@ class BudgetSearcher(Searcher):
         self._attempt = 0
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return self.inner.set_search_properties(metric, mode, config, **spec)
+        ready = self.inner.set_search_properties(metric, mode, config, **spec)
+        # The sampler continues from every candidate evaluated so far (a resumed search).
+        self.inner._ot_study.add_trials(self.record.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+        return ready
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for _ in range(MAX_REJECTIONS):
@@ -86,8 +91,7 @@ class BudgetSearcher(Searcher):
                 self._probe[trial_id] = probe
                 self._params[trial_id] = params
                 return params
-            self.rejected += 1
-            self.inner._ot_trials[probe].set_user_attr("rejected_macs", macs)
+            self.rejected += 1  # never evaluated; the in-memory study sees it fail, the run's record does not
             self.inner.on_trial_complete(probe, result=None, error=True)
         raise RuntimeError(f"no sample under the budget in {MAX_REJECTIONS} tries")
 
@@ -110,8 +114,9 @@ class BudgetSearcher(Searcher):
                 "node": result.get("node_ip"), "seconds": round(result.get("time_total_s", 0.0), 3),
                 "finished_at": _now(),
             })
-            self.inner._ot_trials[probe].set_user_attr("config", self.method.describe(params))
-            self.inner.on_trial_complete(probe, result={"quality": result["quality"], "macs": macs})
+            values = {"quality": result["quality"], "macs": macs}
+            add_to_record(self.record, self.inner._ot_trials[probe], trial_id, self.method.describe(params), values)
+            self.inner.on_trial_complete(probe, result=values)
         else:
             self.inner.on_trial_complete(probe, result=None, error=True)
 
@@ -123,6 +128,30 @@ class BudgetSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.rejected = pickle.load(f)["rejected"]
+
+
+def add_to_record(record, trial, trial_id: str, config: str, values: dict[str, float]) -> None:
+    """Copy an evaluated trial into the run's SQLite study (what optuna-dashboard shows)."""
+    record.add_trial(optuna.trial.create_trial(
+        params=trial.params, distributions=trial.distributions, values=[values["quality"], values["macs"]],
+        user_attrs={"trial_id": trial_id, "config": config}))
+
+
+def reconcile_record(record, table: ResultsTable, method: SearchMethod) -> int:
+    """Rows of trials.csv missing from the study (the driver died between the two writes) are added."""
+    known = {t.user_attrs.get("trial_id") for t in record.get_trials(deepcopy=False)}
+    distributions = {name: optuna.distributions.CategoricalDistribution(list(choices))
+                     for name, choices in method.parameters().items()}
+    added = 0
+    for row in table.frame().itertuples():
+        if row.status == "ok" and row.trial_id not in known:
+            params = method.space.decode(row.config)
+            record.add_trial(optuna.trial.create_trial(
+                params=params, distributions=distributions,
+                values=[float(row.quality), float(getattr(row, f"macs_{method.context.macs_convention}"))],
+                user_attrs={"trial_id": row.trial_id, "config": row.config}))
+            added += 1
+    return added
 
 
 class ProgressCallback(Callback):
@@ -180,7 +209,6 @@ def _error_message(trial) -> str:
 def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path, storage: str, address: str | None,
                 sampler, experiment: str, done: int) -> int:
     """Run ``options.trials - done`` trials; returns how many samples were rejected over budget."""
-    import optuna
     import ray
     from ray.tune import FailureConfig, RunConfig, TuneConfig
 
@@ -194,9 +222,14 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
             # A local instance stays on loopback.
             ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed,
-                             study_name="search", storage=optuna.storages.RDBStorage(storage))
-        searcher = BudgetSearcher(inner, method, table, budget=options.budget, convention=options.macs_convention)
+        # Sampling runs on an in-memory study (samples over budget are many and cheap); evaluated trials
+        # are copied into the run's SQLite study, which a resumed search loads back.
+        record = optuna.create_study(study_name="search", storage=storage, directions=["maximize", "minimize"],
+                                     load_if_exists=True)
+        reconcile_record(record, table, method)
+        inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed)
+        searcher = BudgetSearcher(inner, method, table, budget=options.budget, convention=options.macs_convention,
+                                  record=record)
         progress = ProgressCallback(method, table, total=options.trials, done=done,
                                     convention=options.macs_convention, enabled=options.progress)
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
