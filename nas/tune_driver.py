@@ -7,6 +7,7 @@ the MACs budget are rejected on the driver with the analytic count, before any w
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from nas.methods import SearchContext, SearchMethod, get_method
 from nas.results import ResultsTable
 
 MAX_REJECTIONS = 100_000
+logger = logging.getLogger(__name__)
 
 
 class CandidateTrainable(tune.Trainable):
@@ -115,7 +117,10 @@ class BudgetSearcher(Searcher):
                 "finished_at": _now(),
             })
             values = {"quality": result["quality"], "macs": macs}
-            add_to_record(self.record, self.inner._ot_trials[probe], trial_id, self.method.describe(params), values)
+            try:
+                add_to_record(self.record, self.inner._ot_trials[probe], trial_id, self.method.describe(params), values)
+            except Exception as exc:  # the row is safe in trials.csv; the record is reconciled at the end
+                logger.warning("could not copy trial %s into the Optuna record yet: %s", trial_id, exc)
             self.inner.on_trial_complete(probe, result=values)
         else:
             self.inner.on_trial_complete(probe, result=None, error=True)
@@ -220,7 +225,8 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
             ray.init(address=address, log_to_driver=False)
         else:
             # A local instance stays on loopback.
-            ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+            # (address="local": never attach to some other cluster running on this machine)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         # Sampling runs on an in-memory study (samples over budget are many and cheap); evaluated trials
         # are copied into the run's SQLite study, which a resumed search loads back.
@@ -247,3 +253,4 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
     finally:
         if started_here:
             ray.shutdown()
+        reconcile_record(optuna.load_study(study_name="search", storage=storage), table, method)
