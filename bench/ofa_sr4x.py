@@ -121,6 +121,8 @@ def main() -> None:
             scratch = quality(train_from_scratch(supernet.space, config, task, steps, args.seed), task, "test")
             name = f"{family} 1/{fraction}"
             students[name] = student
+            print(f"  {name}: {macs / 1e9:.3f}G  OFA test PSNR {ofa.psnr:.2f}  from scratch {scratch.psnr:.2f} "
+                  f"({steps} steps, {time.perf_counter() - began:.0f} s)", flush=True)
             rows.append({"subnet": name, "config": supernet.space.encode(config), "macs": macs,
                          "macs_ratio": t_macs / macs, "psnr": ofa.psnr, "ssim": ofa.ssim,
                          "fidelity_psnr": ofa.fidelity_psnr, "scratch_psnr": scratch.psnr,

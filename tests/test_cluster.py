@@ -1,6 +1,7 @@
 """Cluster configurations pass Ray's own validation; a search runs as a Ray job on a real head node."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,29 +28,42 @@ def test_gpu_cluster_has_gpu_workers_and_installs_the_project():
     assert any("pip install -e ." in c for c in config["setup_commands"])
 
 
+def _submit(cmd, env, deadline):
+    """``ray job submit``, retried while the fresh head (or its job agent) is still starting."""
+    while True:
+        job = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+        starting = any(m in job.stderr + job.stdout for m in ("No available agent", "Failed to connect"))
+        if job.returncode == 0 or not starting or time.time() > deadline:
+            return job
+        time.sleep(2)
+
+
 @pytest.mark.xdist_group("ray")
 def test_search_as_a_ray_job_on_a_head_node(tmp_path, tiny_models):
     ray = str(Path(sys.executable).parent / "ray")
     # Token authentication is on by default for local clusters in Ray 2.60; this test cluster is on loopback.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
     port, dashboard = "6390", "8275"
-    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
-                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-                              "--disable-usage-stats"], capture_output=True, text=True, env=env)
-    assert started.returncode == 0, started.stderr[-2000:]
+    # --block keeps `ray start` in the foreground: stopping it stops this head only, not other Ray instances.
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dashboard}", "--include-dashboard=true", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         teacher, supernet = tiny_models
         out = tmp_path / "run"
-        job = subprocess.run(
+        job = _submit(
             [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--", sys.executable, "-m",
              "nas.search", "--space", str(ROOT / "tests/spaces/tiny_inception.yaml"), "--budget", "30M",
              "--teacher", str(teacher), "--supernet", str(supernet), "--trials", "3", "--out", str(out),
-             "--address", f"127.0.0.1:{port}", "--no-progress"],
-            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+             "--address", f"127.0.0.1:{port}", "--no-progress"], env, time.time() + 300)
         assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
         assert "succeeded" in job.stdout.lower()
         table = pd.read_csv(out / "trials.csv")
         assert len(table) == 3 and (table["status"] == "ok").all()
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env)
-        time.sleep(1)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
