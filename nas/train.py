@@ -106,6 +106,20 @@ def _discriminator_step(d: nn.Module, opt: torch.optim.Optimizer, real: torch.Te
     return float(loss.detach())
 
 
+def _adversarial(loss: torch.Tensor, disc: nn.Module | None, out: torch.Tensor, weight: float) -> torch.Tensor:
+    return loss if disc is None else loss + weight * lsgan_loss(disc(out), True)
+
+
+def _optimize(loss: torch.Tensor, opt_g: torch.optim.Optimizer, disc: nn.Module | None,
+              opt_d: torch.optim.Optimizer | None, real: torch.Tensor, fake: torch.Tensor) -> None:
+    """One generator step, then (with a GAN loss) one discriminator step on the same images."""
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    if disc is not None:
+        _discriminator_step(disc, opt_d, real, fake)
+
+
 def _run_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
@@ -197,14 +211,8 @@ def train_teacher(args: argparse.Namespace) -> Path:
         x, y = loop.batch(step)
         with autocast(loop.device, loop.amp):
             out = generator(x)
-            loss = F.l1_loss(out, y)
-            if disc is not None:
-                loss = loss + loop.gan_weight * lsgan_loss(disc(out), True)
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
-        if disc is not None:
-            _discriminator_step(disc, opt_d, y, out)
+            loss = _adversarial(F.l1_loss(out, y), disc, out, loop.gan_weight)
+        _optimize(loss, opt_g, disc, opt_d, y, out)
         elapsed += time.perf_counter() - began
         done = step + 1
         if done % loop.eval_every == 0 or done == loop.steps:
@@ -349,14 +357,8 @@ def train_supernet(args: argparse.Namespace) -> Path:
                 t_out = teacher_net(x)
             out = supernet(x)
             target = y if y is not None else t_out
-            loss = distill_loss(out, target, distiller, args.distill_weight)
-            if disc is not None:
-                loss = loss + loop.gan_weight * lsgan_loss(disc(out), True)
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
-        if disc is not None:
-            _discriminator_step(disc, opt_d, target, out)
+            loss = _adversarial(distill_loss(out, target, distiller, args.distill_weight), disc, out, loop.gan_weight)
+        _optimize(loss, opt_g, disc, opt_d, target, out)
         elapsed += time.perf_counter() - began
         done = step + 1
         if done % loop.eval_every == 0 or done == loop.steps:
