@@ -1,7 +1,7 @@
 """Search overhead: candidates per second through nas.search (Ray Tune + Optuna) against a plain
 in-process loop that evaluates the same candidates with the same code, in one run.
 
-    python bench/search_overhead.py [--space inception] [--budget 1G] [--trials 30]
+    python bench/search_overhead.py [--space inception] [--budget 1G] [--trials 80]
 
 Both use the shipped sr4x supernet. The search runs first; the loop then evaluates the configs
 the search evaluated. Steady-state throughput of the search is read off the completion stamps in
@@ -30,7 +30,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="inception")
     p.add_argument("--budget", default="1G")
-    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--trials", type=int, default=80)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         options = SearchOptions(space=args.space, budget=parse_macs(args.budget), trials=args.trials,

@@ -211,13 +211,23 @@ def _error_message(trial) -> str:
     return "trial failed"
 
 
+def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
+    slots = int(resources.get("CPU", 1) // cpus) if cpus > 0 else 1
+    if gpus > 0:
+        slots = min(slots, int(resources.get("GPU", 0) // gpus))
+    return max(1, slots)
+
+
 def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path, storage: str, address: str | None,
                 sampler, experiment: str, done: int) -> int:
     """Run ``options.trials - done`` trials; returns how many samples were rejected over budget."""
     import ray
-    from ray.tune import FailureConfig, RunConfig, TuneConfig
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Per-trial loggers and checkpoints cost more than a subnet evaluation; trials.csv is the record.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_here = not ray.is_initialized()
     if started_here:
@@ -228,6 +238,10 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
             # (address="local": never attach to some other cluster running on this machine)
             ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
+        # Tune keeps one trial pending when a searcher is used, which lets a reused actor sit idle:
+        # allow one pending trial per slot of the cluster.
+        slots = _trial_slots(ray.cluster_resources(), options.cpus_per_trial, options.gpus_per_trial)
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, slots)))
         # Sampling runs on an in-memory study (samples over budget are many and cheap); evaluated trials
         # are copied into the run's SQLite study, which a resumed search loads back.
         record = optuna.create_study(study_name="search", storage=storage, directions=["maximize", "minimize"],
@@ -245,7 +259,8 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
             param_space={name: tune.choice(list(choices)) for name, choices in method.parameters().items()},
             tune_config=TuneConfig(search_alg=searcher, num_samples=options.trials - done, reuse_actors=True),
             run_config=RunConfig(name=experiment, storage_path=str(out / "tune"), verbose=0, callbacks=[progress],
-                                 failure_config=FailureConfig(max_failures=options.max_failures)),
+                                 failure_config=FailureConfig(max_failures=options.max_failures),
+                                 checkpoint_config=CheckpointConfig(checkpoint_at_end=False, checkpoint_frequency=0)),
         )
         tuner.fit()
         progress.close()
