@@ -154,11 +154,12 @@ def _versions() -> dict[str, str]:
             "optuna": optuna.__version__}
 
 
-def _sampler(name: str, seed: int):
+def _sampler(name: str, seed: int, trials: int):
     import optuna
 
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        # Optuna's default population (50) would leave a 40-trial search in its random first generation.
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, trials // 4)))
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -188,7 +189,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     rejected = 0
     if remaining > 0:
         rejected = tune_trials(method, options, table, out=out, storage=storage, address=address,
-                               sampler=_sampler(options.sampler, options.seed + len(info["resumes"])),
+                               sampler=_sampler(options.sampler, options.seed + len(info["resumes"]), options.trials),
                                experiment=f"tune-{len(info['resumes'])}", done=len(table))
     info["rejected"] = info.get("rejected", 0) + rejected
     summary = finish(method, options, table, out)
