@@ -42,6 +42,8 @@ class Cost:
 
     def norm(self, kind: str, c: int, h: int, w: int) -> None:
         elements = c * h * w
+        if kind == "none":
+            return
         if kind == "instance":
             self.fvcore += 4 * elements
         else:
@@ -71,6 +73,8 @@ class LayerKit:
     instance_norm: type = nn.InstanceNorm2d
 
     def norm(self, kind: str, channels: int) -> nn.Module:
+        if kind == "none":
+            return nn.Identity()
         return self.instance_norm(channels) if kind == "instance" else self.batch_norm(channels)
 
 
@@ -78,8 +82,8 @@ PLAIN = LayerKit()
 
 
 def uses_bias(norm: str) -> bool:
-    # As pix2pix: a conv followed by batch norm needs no bias; with instance norm it keeps one.
-    return norm == "instance"
+    # As pix2pix: a conv followed by batch norm needs no bias; with instance norm (or none) it keeps one.
+    return norm != "batch"
 
 
 class ResnetBlock(nn.Module):

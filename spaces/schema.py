@@ -17,7 +17,7 @@ import yaml
 from spaces.errors import SpaceError
 
 FAMILIES = ("resnet", "inception", "agd")
-NORMS = ("instance", "batch")
+NORMS = ("instance", "batch", "none")  # "none": no norm layers, as in EDSR / ESRGAN
 RESNET_BLOCKS = ("plain", "mobile")
 AGD_OPERATORS = ("conv", "res", "sep", "skip")
 SAMPLING_SITES = ("stem", "down1", "trunk", "up1", "up2")

@@ -37,8 +37,8 @@ def test_analytic_equals_libraries_200_configs(name):
     _check_configs(name, 200, seed=2026)
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
-def test_batch_norm_spaces_count_exactly(norm, root):
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_every_norm_counts_exactly(norm, root):
     text = (root / "spaces" / "inception.yaml").read_text().replace("norm: instance", f"norm: {norm}")
     from spaces.space import SearchSpace
 

@@ -84,7 +84,7 @@ def test_block_count_zero():
 
 def test_wrong_type_for_norm_and_unknown_norm():
     err = error_for(RESNET.replace("norm: instance", "norm: group"))
-    assert "unknown value 'group'; allowed: instance, batch" in str(err)
+    assert "unknown value 'group'; allowed: instance, batch, none" in str(err)
     err = error_for(RESNET.replace("in_channels: 3", "in_channels: three"))
     assert "'three' is not a positive integer" in str(err) and err.path == "in_channels"
 

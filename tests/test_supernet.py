@@ -21,7 +21,7 @@ def small_space(name: str, root, norm: str = "instance") -> SearchSpace:
 
 
 @pytest.mark.parametrize("name", ["resnet", "inception", "agd"])
-@pytest.mark.parametrize("norm", ["instance", "batch"])
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
 def test_extract_equals_supernet(name, norm, root):
     torch.manual_seed(0)
     space = small_space(name, root, norm)
