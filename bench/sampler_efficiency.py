@@ -1,7 +1,7 @@
 """Search efficiency: hypervolume of the Pareto front after N trials with NSGA-II, TPE and random
 sampling, mean over 3 seeds, side by side (nas.search on the shipped sr4x supernet).
 
-    python bench/sampler_efficiency.py [--space inception] [--budget 1G] [--trials 24] [--seeds 0 1 2]
+    python bench/sampler_efficiency.py [--space inception] [--budget 1G] [--trials 40] [--seeds 0 1 2]
 
 Hypervolume of (val PSNR up, MACs down), dominated region up to the reference point
 (lowest PSNR seen in any run, the budget); MACs in G. Prints; asserts nothing.
@@ -40,7 +40,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="inception")
     p.add_argument("--budget", default="1G")
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=40)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args()
     budget = parse_macs(args.budget)

@@ -20,10 +20,13 @@ from spaces.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# The colour photos shipped inside scikit-image, split by image (fixed; see the README).
-# The two motorcycle views are a stereo pair of one scene, so both are in train.
+# The photos shipped inside scikit-image, split by image (fixed; see the README).
+# The two motorcycle views are a stereo pair of one scene, so both are in train. The grayscale
+# photos (replicated to three channels) are train-only: hubble and retina are mostly dark and
+# smooth, and without the textures the generator learned little beyond bicubic.
 SR4X_SPLIT = {
-    "train": ("astronaut", "hubble_deep_field", "retina", "motorcycle_left", "motorcycle_right"),
+    "train": ("astronaut", "hubble_deep_field", "retina", "motorcycle_left", "motorcycle_right",
+              "camera", "coins", "moon", "brick", "grass", "gravel", "text", "page"),
     "val": ("coffee", "immunohistochemistry"),
     "test": ("chelsea", "rocket"),
 }
@@ -63,7 +66,9 @@ class Task:
         return getattr(self, name)
 
     def batch(self, *, seed: int, step: int, batch_size: int, crop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Random aligned crops (and flips) of training images; a pure function of (seed, step)."""
+        """Random aligned crops of training images under a random flip / 90-degree turn (the eight
+        symmetries of the square, the usual super-resolution augmentation); a pure function of
+        (seed, step)."""
         rng = random.Random(seed * 1_000_003 + step)
         xs, ys = [], []
         for _ in range(batch_size):
@@ -71,11 +76,13 @@ class Task:
             x = self.train.inputs[i]
             _, h, w = x.shape
             top, left = rng.randrange(h - crop + 1), rng.randrange(w - crop + 1)
-            flip = rng.random() < 0.5
+            flip, turns = rng.random() < 0.5, rng.randrange(4)
             pieces = [x] + ([self.train.targets[i]] if self.train.targets is not None else [])
             pieces = [p[:, top:top + crop, left:left + crop] for p in pieces]
             if flip:
                 pieces = [p.flip(-1) for p in pieces]
+            if turns:
+                pieces = [p.rot90(turns, dims=(1, 2)) for p in pieces]
             xs.append(pieces[0])
             if len(pieces) > 1:
                 ys.append(pieces[1])
@@ -135,7 +142,8 @@ def _skimage_photo(name: str) -> np.ndarray:
     if name.startswith("motorcycle_"):
         left, right, _ = skimage.data.stereo_motorcycle()
         return left if name.endswith("left") else right
-    return getattr(skimage.data, name)()
+    photo = getattr(skimage.data, name)()
+    return np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo
 
 
 def sr4x_task(eval_size: int = 256) -> Task:
