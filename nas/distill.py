@@ -9,6 +9,10 @@ from torch import nn
 
 from spaces.supernet import ElasticConv2d
 
+# Weight of the (relative) feature distillation against the L1 reconstruction: the default of
+# supernet training and of the fine-tune of an exported subnet alike.
+DISTILL_WEIGHT = 0.3
+
 
 def layer_positions(depth: int, count: int) -> list[int]:
     """``count`` block indices spread evenly over a trunk of ``depth`` blocks, ending at the last."""

@@ -118,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         task = load_task(args.task or record["task"])
         check_crop(task, args.crop)
         teacher = load_generator(args.teacher or record["teacher"])
+        # The supernet's own distillation loss, so that its inherited mappers fit.
+        loss = {k: record["args"][k] for k in ("distill_weight", "distill_layers") if k in record.get("args", {})}
         student = finetune(student, teacher.module, task, steps=args.finetune_steps, batch_size=args.batch_size,
                            crop=args.crop, lr=args.lr, seed=args.seed, device=pick_device(args.device),
-                           mappers=record.get("mappers"), progress=not args.no_progress)
+                           mappers=record.get("mappers"), progress=not args.no_progress, **loss)
         meta.update(task=args.task or record["task"], finetune_steps=args.finetune_steps)
     report = export_generator(student, space, config, out, meta=meta)
     macs = report["macs"]

@@ -25,7 +25,7 @@ from nas.checkpoint import atomic_save, generator_record, load_generator, safe_l
 from nas.cli import Parser, run
 from nas.data import Task, check_crop, load_task
 from nas.discriminator import PatchDiscriminator, lsgan_loss
-from nas.distill import FeatureCapture, FeatureDistiller
+from nas.distill import DISTILL_WEIGHT, FeatureCapture, FeatureDistiller
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace, load_space
 from spaces.supernet import Supernet
@@ -264,9 +264,9 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, distiller: FeatureDist
 
 
 def finetune(student: nn.Module, teacher: nn.Module, task: Task, *, steps: int, batch_size: int = 16, crop: int = 64,
-             lr: float = 1e-4, seed: int = 0, device: torch.device | str = "cpu", distill_weight: float = 0.3,
-             distill_layers: int = 3, mappers: dict[str, torch.Tensor] | None = None, progress: bool = True
-             ) -> nn.Module:
+             lr: float = 1e-4, seed: int = 0, device: torch.device | str = "cpu",
+             distill_weight: float = DISTILL_WEIGHT, distill_layers: int = 3,
+             mappers: dict[str, torch.Tensor] | None = None, progress: bool = True) -> nn.Module:
     """Fine-tune an extracted subnet with the supernet's distillation loss (mappers inherited when given)."""
     device = torch.device(device)
     student, teacher = student.to(device).train(), teacher.to(device).eval().requires_grad_(False)
@@ -433,8 +433,9 @@ def build_parser() -> Parser:
     s.add_argument("--space", default="resnet", help="space name or YAML path")
     s.add_argument("--teacher", required=True, help="teacher checkpoint (nas.train or pix2pix *_net_G*.pth)")
     s.add_argument("--method", default="ofa", choices=["ofa"])
-    s.add_argument("--distill-weight", type=float, default=0.3,
-                   help="weight of feature distillation (MSE relative to the teacher features' mean square) against the L1 reconstruction")
+    s.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
+                   help="weight of feature distillation (MSE relative to the teacher features' mean square) "
+                        "against the L1 reconstruction")
     s.add_argument("--distill-layers", type=int, default=3, help="teacher trunk blocks to distil from")
     s.add_argument("--discriminator", help="PatchGAN state dict to start from (default: the teacher checkpoint's)")
     _add_common(s, 4000)
