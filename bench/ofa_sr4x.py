@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluators.quality import evaluate, generate  # noqa: E402
 from nas.checkpoint import load_generator  # noqa: E402
 from nas.data import load_task  # noqa: E402
+from nas.files import atomic_write_text  # noqa: E402
 from nas.train import cosine_lr, load_supernet  # noqa: E402
 
 FRACTIONS = (4, 10, 20)
@@ -142,8 +143,8 @@ def main() -> None:
     print(f"\nteacher latency {lat['teacher'] * 1e3:.1f} ms per 256x256 image on this CPU "
           f"({torch.get_num_threads()} threads); scratch = same subnet, same steps, L1 to ground truth, no teacher")
     if args.json:
-        Path(args.json).write_text(json.dumps({"teacher_psnr": t_test.psnr, "bicubic_psnr": bicubic, "rows": rows},
-                                              indent=2))
+        atomic_write_text(args.json, json.dumps({"teacher_psnr": t_test.psnr, "bicubic_psnr": bicubic, "rows": rows},
+                                                indent=2))
 
 
 if __name__ == "__main__":
