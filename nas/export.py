@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         check_crop(task, args.crop)
         teacher = load_generator(args.teacher or record["teacher"])
         # The supernet's own distillation loss, so that its inherited mappers fit.
-        loss = {k: record["args"][k] for k in ("distill_weight", "distill_layers") if k in record.get("args", {})}
+        trained_with = record.get("args", {})
+        loss = {k: trained_with[k] for k in ("distill_weight", "distill_layers") if k in trained_with}
         student = finetune(student, teacher.module, task, steps=args.finetune_steps, batch_size=args.batch_size,
                            crop=args.crop, lr=args.lr, seed=args.seed, device=pick_device(args.device),
                            mappers=record.get("mappers"), progress=not args.no_progress, **loss)

@@ -41,9 +41,9 @@ class Cost:
         self.params += cin * cout * k * k + (cout if bias else 0)
 
     def norm(self, kind: str, c: int, h: int, w: int) -> None:
-        elements = c * h * w
         if kind == "none":
             return
+        elements = c * h * w
         if kind == "instance":
             self.fvcore += 4 * elements
         else:

@@ -107,3 +107,17 @@ def test_publish_writes_slim_files_and_a_manifest(tmp_path, trained):
     assert (tmp_path / "supernet.pth").stat().st_size < supernet_path.stat().st_size  # no optimizer state
     supernet, _ = train.load_supernet(tmp_path / "supernet.pth")
     assert load_generator(tmp_path / "teacher.pth").meta["task"] == "sr4x"
+
+
+def test_finetuning_uses_the_supernet_distillation_layers(tmp_path, trained):
+    """A supernet distilled from 1 teacher layer has 1 mapper; the export fine-tune must use it
+    (the default of 3 layers, 2 in this 2-block space, would want mappers it does not have)."""
+    teacher, _ = trained
+    common = ["--steps", "1", "--batch-size", "2", "--crop", "32", "--eval-every", "1", "--checkpoint-every", "1",
+              "--no-progress", "--device", "cpu"]
+    train.main(["supernet", "--space", "tests/spaces/tiny_inception.yaml", "--teacher", str(teacher),
+                "--distill-layers", "1", "--distill-weight", "0.5", "--out", str(tmp_path / "supernet"), *common])
+    supernet_path = tmp_path / "supernet" / "checkpoint.pth"
+    assert export_cli.main(["--supernet", str(supernet_path), "--config", "min", "--out", str(tmp_path / "out"),
+                            "--finetune-steps", "1", "--batch-size", "2", "--crop", "32", "--no-progress"]) == 0
+    assert load_generator(tmp_path / "out" / "model.pth").meta["finetune_steps"] == 1
