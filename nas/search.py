@@ -185,13 +185,20 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
         info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
     info["status"] = "running"
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
-    remaining = options.trials - len(table)
-    rejected = 0
-    if remaining > 0:
-        rejected = tune_trials(method, options, table, out=out, storage=storage, address=address,
-                               sampler=_sampler(options.sampler, options.seed + len(info["resumes"]), options.trials),
-                               experiment=f"tune-{len(info['resumes'])}", done=len(table))
-    info["rejected"] = info.get("rejected", 0) + rejected
+    attempt = 0
+    while len(table) < options.trials:
+        # Further rounds only replace trials lost with a worker node; a round that finishes nothing ends it.
+        before = len(table)
+        tag = f"{len(info['resumes'])}" + (f"-{attempt}" if attempt else "")
+        round_ = tune_trials(method, options, table, out=out, storage=storage, address=address,
+                             sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info["resumes"]),
+                                              options.trials),
+                             experiment=f"tune-{tag}", done=before)
+        info["rejected"] = info.get("rejected", 0) + round_.rejected
+        info["lost"] = info.get("lost", 0) + round_.lost
+        attempt += 1
+        if not round_.lost or len(table) == before:
+            break
     summary = finish(method, options, table, out)
     info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
@@ -252,6 +259,9 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
     errors = int((frame["status"] == "error").sum())
     print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget "
           f"({format_macs(options.budget)} MACs, {options.macs_convention})")
+    if info.get("lost"):
+        print(f"{info['lost']} trials died with a lost worker node and were run again"
+              + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
     print(f"Pareto front ({len(rows)} of {len(front.candidates)}):")
     print(f"  {'MACs':>8}  {'quality':>8}  {'params':>9}  {'latency':>9}  feasible  config")
     for _, r in rows.iterrows():

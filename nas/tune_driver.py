@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from nas.methods import SearchContext, SearchMethod, get_method
 from nas.results import ResultsTable
 
 MAX_REJECTIONS = 100_000
+# Ray's wording for an actor killed by the loss of its node (ActorDiedError carries no structured cause).
+NODE_DIED = "its node has died"
 logger = logging.getLogger(__name__)
 
 
@@ -159,12 +162,24 @@ def reconcile_record(record, table: ResultsTable, method: SearchMethod) -> int:
     return added
 
 
+@dataclass
+class TuneRound:
+    rejected: int  # samples over the MACs budget, never evaluated
+    lost: int  # trials that died with their worker node and were not recorded: the driver runs them again
+
+
 class ProgressCallback(Callback):
-    """Trials done / total and the best feasible candidate so far; records trials that failed for good."""
+    """Trials done / total and the best feasible candidate so far; records trials that failed for good.
+
+    A trial that died with its node is not a property of its candidate: it gets no error row and is
+    counted as lost. (Tune does not retry a trial whose reused actor was on the lost node: it fails
+    while PENDING, which skips ``max_failures``.)
+    """
 
     def __init__(self, method: SearchMethod, table: ResultsTable, *, total: int, done: int, convention: str,
                  enabled: bool) -> None:
         self.method, self.table, self.convention = method, table, convention
+        self.lost = 0
         self.bar = tqdm(total=total, initial=done, desc="search", unit="trial", disable=not enabled,
                         dynamic_ncols=True)
 
@@ -182,7 +197,11 @@ class ProgressCallback(Callback):
         self._update()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        if trial.trial_id not in self.table:
+        if lost_with_its_node(_error(trial)):
+            self.lost += 1
+            logger.warning("trial %s was lost with its worker node; another trial will take its place",
+                           trial.trial_id)
+        elif trial.trial_id not in self.table:
             params = dict(trial.config)
             cost = self.method.cost(params)
             message = _error_message(trial)
@@ -202,6 +221,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
+def lost_with_its_node(error: BaseException | None) -> bool:
+    from ray.exceptions import RayActorError
+
+    return isinstance(error, RayActorError) and NODE_DIED in str(error)
+
+
+def _error(trial) -> BaseException | None:
+    """The exception a trial last failed with, as Tune pickled it (None if it left none)."""
+    from ray import cloudpickle
+
+    path = getattr(trial, "pickled_error_file", None)
+    if not path or not Path(path).exists():
+        return None
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
 def _error_message(trial) -> str:
     path = getattr(trial, "error_file", None)
     if path and Path(path).exists():
@@ -219,8 +255,8 @@ def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
 
 
 def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path, storage: str, address: str | None,
-                sampler, experiment: str, done: int) -> int:
-    """Run ``options.trials - done`` trials; returns how many samples were rejected over budget."""
+                sampler, experiment: str, done: int) -> TuneRound:
+    """Run ``options.trials - done`` trials; says how many samples were rejected and how many trials lost."""
     import ray
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
@@ -264,7 +300,7 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
         )
         tuner.fit()
         progress.close()
-        return searcher.rejected
+        return TuneRound(rejected=searcher.rejected, lost=progress.lost)
     finally:
         if started_here:
             ray.shutdown()

@@ -92,6 +92,47 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     assert len(info["resumes"]) == 1 and info["status"] == "finished"
 
 
+def test_trials_lost_with_their_node_are_run_again(tmp_path, tiny_models, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from nas import search, tune_driver
+
+    rounds, real_tune_trials = [], tune_driver.tune_trials
+
+    def first_round_loses_two(method, options, table, **kwargs):
+        # The first round finishes two trials fewer and reports them lost, as a node loss would.
+        rounds.append(kwargs["experiment"])
+        short = replace(options, trials=options.trials - 2) if len(rounds) == 1 else options
+        result = real_tune_trials(method, short, table, **kwargs)
+        return tune_driver.TuneRound(result.rejected, lost=2) if len(rounds) == 1 else result
+
+    monkeypatch.setattr(tune_driver, "tune_trials", first_round_loses_two)
+    teacher, supernet = tiny_models
+    out = search.run_search(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher),
+                                                 supernet=str(supernet), trials=4, out=str(tmp_path / "run"),
+                                                 progress=False))
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert rounds == ["tune-0", "tune-0-1"] and len(table) == 4 and (table["status"] == "ok").all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["lost"] == 2 and info["status"] == "finished"
+    assert "2 trials died with a lost worker node and were run again" in capsys.readouterr().out
+
+
+def test_only_the_loss_of_a_node_counts_as_lost():
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from nas.tune_driver import lost_with_its_node
+
+    def died(message):
+        return ActorDiedError(ActorDiedErrorContext(error_message=message, actor_id=b"a" * 16))
+
+    assert lost_with_its_node(died("The actor died because its node has died. Node Id: 262bba9c"))
+    assert not lost_with_its_node(died("The actor is dead because it was killed by `ray.kill`."))
+    assert not lost_with_its_node(RayTaskError("step", "Traceback ...", RuntimeError("injected failure")))
+    assert not lost_with_its_node(None)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--space", "unet", "--budget", "1G"], "unknown space 'unet'"),
     (["--budget", "lots"], "cannot read 'lots' as MACs"),
@@ -140,6 +181,7 @@ def test_losing_a_worker_node_loses_no_trial(tmp_path, tiny_models):
         assert proc.returncode == 0, stderr[-2000:]
         table = pd.read_csv(out / "trials.csv", dtype={"config": str})
         assert len(table) == 10 and table["trial_id"].is_unique
-        assert (table["status"] == "ok").all()  # the lost node's trials were retried on the head node
+        # the lost node's trials were retried on the head node
+        assert (table["status"] == "ok").all(), table.loc[table["status"] != "ok", ["trial_id", "error"]].to_string()
     finally:
         cluster.shutdown()
