@@ -199,8 +199,8 @@ class ProgressCallback(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         if lost_with_its_node(_error(trial)):
             self.lost += 1
-            logger.warning("trial %s was lost with its worker node; another trial will take its place",
-                           trial.trial_id)
+            logger.warning("trial %s (%s) was lost with its worker node; another trial will take its place",
+                           trial.trial_id, self.method.describe(dict(trial.config)))
         elif trial.trial_id not in self.table:
             params = dict(trial.config)
             cost = self.method.cost(params)
@@ -222,9 +222,10 @@ def _now() -> str:
 
 
 def lost_with_its_node(error: BaseException | None) -> bool:
-    from ray.exceptions import RayActorError
+    """Whether a trial failed because Ray lost its worker (the node died or stopped answering)."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
-    return isinstance(error, RayActorError) and NODE_DIED in str(error)
+    return isinstance(error, ActorUnavailableError) or (isinstance(error, RayActorError) and NODE_DIED in str(error))
 
 
 def _error(trial) -> BaseException | None:

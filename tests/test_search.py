@@ -120,7 +120,7 @@ def test_trials_lost_with_their_node_are_run_again(tmp_path, tiny_models, monkey
 
 def test_only_the_loss_of_a_node_counts_as_lost():
     from ray.core.generated.common_pb2 import ActorDiedErrorContext
-    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
 
     from nas.tune_driver import lost_with_its_node
 
@@ -130,6 +130,7 @@ def test_only_the_loss_of_a_node_counts_as_lost():
     assert lost_with_its_node(died("The actor died because its node has died. Node Id: 262bba9c"))
     assert not lost_with_its_node(died("The actor is dead because it was killed by `ray.kill`."))
     assert not lost_with_its_node(RayTaskError("step", "Traceback ...", RuntimeError("injected failure")))
+    assert lost_with_its_node(ActorUnavailableError("the node stopped answering", b"a" * 16))
     assert not lost_with_its_node(None)
 
 
