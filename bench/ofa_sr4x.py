@@ -4,23 +4,25 @@
 
 For each family's shipped supernet it picks subnets at about 1/4, 1/10 and 1/20 of the teacher's
 MACs (the best of a few candidates on the val split, inherited weights, no retraining), reports
-PSNR / SSIM / fidelity on the test split, trains the same architectures from scratch (no teacher,
-L1 to ground truth) for the same number of steps, and measures CPU latency against the teacher
+PSNR / SSIM / fidelity on the test split, trains the same architectures from scratch with ``nas.train teacher``
+(no teacher, L1 to ground truth) for the same number of steps, and measures CPU latency against the teacher
 in the same run (interleaved, median). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import random
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +30,8 @@ from evaluators.quality import evaluate, generate  # noqa: E402
 from nas.checkpoint import load_generator  # noqa: E402
 from nas.data import load_task  # noqa: E402
 from nas.files import atomic_write_text  # noqa: E402
-from nas.train import cosine_lr, load_supernet  # noqa: E402
+from nas import train  # noqa: E402
+from nas.train import load_supernet  # noqa: E402
 
 FRACTIONS = (4, 10, 20)
 
@@ -57,19 +60,16 @@ def pick_subnet(supernet, task, target_macs: float, candidates: int, seed: int):
     return space.decode(best), pool[best]
 
 
-def train_from_scratch(space, config, task, steps: int, seed: int, lr: float = 4e-4):
-    torch.manual_seed(seed)
-    model = space.build(config).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(lr, step, steps)
-        x, y = task.batch(seed=seed, step=step, batch_size=16, crop=64)
-        loss = F.l1_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+def train_from_scratch(space_file: str, config: str, steps: int, seed: int, out: Path) -> tuple[torch.nn.Module, str]:
+    """The subnet trained alone by the project's own teacher trainer (L1 to ground truth, no teacher)
+    into ``out`` (replaced); returns the model and the command that trains it."""
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["teacher", "--space", space_file, "--config", config, "--task", "sr4x", "--out", str(out),
+            "--steps", str(steps), "--batch-size", "16", "--crop", "64", "--lr", "0.0004", "--seed", str(seed),
+            "--eval-every", str(steps), "--checkpoint-every", str(steps), "--device", "cpu"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train.main([*argv, "--no-progress"])
+    return load_generator(out / "checkpoint.pth").module.eval(), "python -m nas.train " + " ".join(argv)
 
 
 @torch.no_grad()
@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--scratch-out", default="runs/bench_ofa_scratch", help="where the from-scratch models are trained")
     args = p.parse_args()
     weights = Path(args.weights)
     manifest = json.loads((weights / "manifest.json").read_text())
@@ -119,7 +120,9 @@ def main() -> None:
             student = supernet.extract(config).eval()
             ofa = quality(student, task, "test", teacher_outputs)
             began = time.perf_counter()
-            scratch = quality(train_from_scratch(supernet.space, config, task, steps, args.seed), task, "test")
+            model, command = train_from_scratch(record["args"]["space"], supernet.space.encode(config), steps,
+                                                args.seed, Path(args.scratch_out) / f"{family}-{fraction}")
+            scratch = quality(model, task, "test")
             name = f"{family} 1/{fraction}"
             students[name] = student
             print(f"  {name}: {macs / 1e9:.3f}G  OFA test PSNR {ofa.psnr:.2f}  from scratch {scratch.psnr:.2f} "
@@ -127,7 +130,8 @@ def main() -> None:
             rows.append({"subnet": name, "config": supernet.space.encode(config), "macs": macs,
                          "macs_ratio": t_macs / macs, "psnr": ofa.psnr, "ssim": ofa.ssim,
                          "fidelity_psnr": ofa.fidelity_psnr, "scratch_psnr": scratch.psnr,
-                         "scratch_steps": steps, "scratch_seconds": time.perf_counter() - began})
+                         "scratch_steps": steps, "scratch_seconds": time.perf_counter() - began,
+                         "scratch_command": command})
     lat = latencies(students)
     header = (f"{'subnet':<16}{'MACs':>8}{'x fewer':>9}{'PSNR':>8}{'SSIM':>8}{'fidelity':>10}{'scratch':>9}"
               f"{'d teacher':>11}{'d scratch':>11}{'speedup':>9}{'/MACs':>7}")
