@@ -6,7 +6,7 @@ For each family's shipped supernet it picks subnets at about 1/4, 1/10 and 1/20 
 MACs (the best of a few candidates on the val split, inherited weights, no retraining), reports
 PSNR / SSIM / fidelity on the test split, trains the same architectures from scratch with ``nas.train teacher``
 (no teacher, L1 to ground truth) for the same number of steps, and measures CPU latency against the teacher
-in the same run (interleaved, median). Prints a table; asserts nothing.
+in the same run (interleaved, median of 25, on 1 and 2 threads). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def train_from_scratch(space_file: str, config: str, steps: int, seed: int, out:
 
 
 @torch.no_grad()
-def latencies(models: dict[str, torch.nn.Module], size: int = 256, repeats: int = 7) -> dict[str, float]:
-    """Median seconds per 1x3xSxS forward, models interleaved so that machine noise hits all alike."""
+def latencies(models: dict[str, torch.nn.Module], threads: int, size: int = 256, repeats: int = 25) -> dict[str, float]:
+    """Median seconds per 1x3xSxS forward on ``threads`` threads, models interleaved so that machine
+    noise hits all alike."""
+    torch.set_num_threads(threads)
     x = torch.rand(1, 3, size, size) * 2 - 1
     times = {name: [] for name in models}
     for model in models.values():
@@ -95,6 +97,7 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads of the latency runs")
     p.add_argument("--scratch-out", default="runs/bench_ofa_scratch", help="where the from-scratch models are trained")
     args = p.parse_args()
     weights = Path(args.weights)
@@ -132,20 +135,22 @@ def main() -> None:
                          "fidelity_psnr": ofa.fidelity_psnr, "scratch_psnr": scratch.psnr,
                          "scratch_steps": steps, "scratch_seconds": time.perf_counter() - began,
                          "scratch_command": command})
-    lat = latencies(students)
+    lat = {n: latencies(students, n) for n in args.threads}
     header = (f"{'subnet':<16}{'MACs':>8}{'x fewer':>9}{'PSNR':>8}{'SSIM':>8}{'fidelity':>10}{'scratch':>9}"
-              f"{'d teacher':>11}{'d scratch':>11}{'speedup':>9}{'/MACs':>7}")
+              f"{'d teacher':>11}{'d scratch':>11}" + "".join(f"{f'speedup@{n}':>11}{'/MACs':>7}" for n in args.threads))
     print(header)
     print("-" * len(header))
     for row in rows:
-        row["latency_s"] = lat[row["subnet"]]
-        row["speedup"] = lat["teacher"] / lat[row["subnet"]]
+        row["latency_s"] = {n: lat[n][row["subnet"]] for n in args.threads}
+        row["speedup"] = {n: lat[n]["teacher"] / lat[n][row["subnet"]] for n in args.threads}
         print(f"{row['subnet']:<16}{row['macs'] / 1e9:>7.3f}G{row['macs_ratio']:>9.1f}{row['psnr']:>8.2f}"
               f"{row['ssim']:>8.4f}{row['fidelity_psnr']:>10.2f}{row['scratch_psnr']:>9.2f}"
               f"{row['psnr'] - t_test.psnr:>+11.2f}{row['psnr'] - row['scratch_psnr']:>+11.2f}"
-              f"{row['speedup']:>8.1f}x{row['speedup'] / row['macs_ratio']:>7.2f}")
-    print(f"\nteacher latency {lat['teacher'] * 1e3:.1f} ms per 256x256 image on this CPU "
-          f"({torch.get_num_threads()} threads); scratch = same subnet, same steps, L1 to ground truth, no teacher")
+              + "".join(f"{row['speedup'][n]:>10.1f}x{row['speedup'][n] / row['macs_ratio']:>7.2f}"
+                        for n in args.threads))
+    teacher_ms = ", ".join(f"{lat[n]['teacher'] * 1e3:.1f} ms on {n} thread{'s' if n > 1 else ''}" for n in args.threads)
+    print(f"\nteacher latency per 256x256 image on this CPU: {teacher_ms}; "
+          "scratch = same subnet, same steps, L1 to ground truth, no teacher")
     if args.json:
         atomic_write_text(args.json, json.dumps({"teacher_psnr": t_test.psnr, "bicubic_psnr": bicubic, "rows": rows},
                                                 indent=2))
