@@ -1,6 +1,6 @@
 """Once-for-all compression on sr4x: OFA subnets vs the teacher, bicubic and the same subnets from scratch.
 
-    python bench/ofa_sr4x.py [--weights weights/sr4x] [--scratch-steps N] [--families resnet inception]
+    python bench/ofa_sr4x.py [--weights weights/sr4x] [--scratch-steps N] [--families resnet inception] [--threads 1 2]
 
 For each family's shipped supernet it picks subnets at about 1/4, 1/10 and 1/20 of the teacher's
 MACs (the best of a few candidates on the val split, inherited weights, no retraining), reports
