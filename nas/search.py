@@ -196,6 +196,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
                              experiment=f"tune-{tag}", done=before)
         info["rejected"] = info.get("rejected", 0) + round_.rejected
         info["lost"] = info.get("lost", 0) + round_.lost
+        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")  # a resume keeps these counts
         attempt += 1
         if not round_.lost or len(table) == before:
             break
@@ -260,7 +261,7 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
     print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget "
           f"({format_macs(options.budget)} MACs, {options.macs_convention})")
     if info.get("lost"):
-        print(f"{info['lost']} trials died with a lost worker node and were run again"
+        print(f"{info['lost']} trials died with a lost worker node and were replaced by new samples"
               + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
     print(f"Pareto front ({len(rows)} of {len(front.candidates)}):")
     print(f"  {'MACs':>8}  {'quality':>8}  {'params':>9}  {'latency':>9}  feasible  config")

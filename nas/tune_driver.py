@@ -165,7 +165,7 @@ def reconcile_record(record, table: ResultsTable, method: SearchMethod) -> int:
 @dataclass
 class TuneRound:
     rejected: int  # samples over the MACs budget, never evaluated
-    lost: int  # trials that died with their worker node and were not recorded: the driver runs them again
+    lost: int  # trials that died with their worker node, not recorded: new samples take their places
 
 
 class ProgressCallback(Callback):
@@ -229,23 +229,32 @@ def lost_with_its_node(error: BaseException | None) -> bool:
 
 
 def _error(trial) -> BaseException | None:
-    """The exception a trial last failed with, as Tune pickled it (None if it left none)."""
+    """The exception a trial last failed with, as Tune pickled it; None if there is none, or if the
+    pickle is older than the last failure (Tune pickles only Ray's task and actor errors)."""
     from ray import cloudpickle
 
     path = getattr(trial, "pickled_error_file", None)
     if not path or not Path(path).exists():
         return None
-    with open(path, "rb") as f:
-        return cloudpickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            error = cloudpickle.load(f)
+    except Exception:  # an unreadable pickle is no evidence of a lost node
+        return None
+    return error if str(error).strip() in _last_failure(trial) else None
+
+
+def _last_failure(trial) -> str:
+    """The text of the last failure in the trial's error file (Tune appends "Failure # N" blocks)."""
+    path = getattr(trial, "error_file", None)
+    if not path or not Path(path).exists():
+        return ""
+    return re.split(r"^Failure # \d+.*$", Path(path).read_text(), flags=re.MULTILINE)[-1].strip()
 
 
 def _error_message(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).exists():
-        lines = [line for line in Path(path).read_text().strip().splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:500]
-    return "trial failed"
+    lines = [line for line in _last_failure(trial).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "trial failed"
 
 
 def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:

@@ -115,7 +115,7 @@ def test_trials_lost_with_their_node_are_run_again(tmp_path, tiny_models, monkey
     assert rounds == ["tune-0", "tune-0-1"] and len(table) == 4 and (table["status"] == "ok").all()
     info = json.loads((out / "run.json").read_text())
     assert info["lost"] == 2 and info["status"] == "finished"
-    assert "2 trials died with a lost worker node and were run again" in capsys.readouterr().out
+    assert "2 trials died with a lost worker node and were replaced by new samples" in capsys.readouterr().out
 
 
 def test_only_the_loss_of_a_node_counts_as_lost():
@@ -132,6 +132,43 @@ def test_only_the_loss_of_a_node_counts_as_lost():
     assert not lost_with_its_node(RayTaskError("step", "Traceback ...", RuntimeError("injected failure")))
     assert lost_with_its_node(ActorUnavailableError("the node stopped answering", b"a" * 16))
     assert not lost_with_its_node(None)
+
+
+def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny_models):
+    from types import SimpleNamespace
+
+    from ray import cloudpickle
+    from ray.exceptions import ActorDiedError
+
+    from nas import search, tune_driver
+    from nas.results import ResultsTable
+
+    teacher, supernet = tiny_models
+    method = search.prepare(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher),
+                                                 supernet=str(supernet)))
+    table = ResultsTable(tmp_path / "trials.csv")
+    progress = tune_driver.ProgressCallback(method, table, total=2, done=0, convention="torchprofile", enabled=False)
+    node_died = ActorDiedError()  # built from a context it would not pickle; Ray's own does
+    node_died.error_msg = "The actor died unexpectedly.\nThe actor died because its node has died. Node Id: 262bba9c"
+
+    def trial(name, *failures):
+        # Tune's record of a failing trial: "Failure # N" blocks in error.txt; error.pkl holds the
+        # last of Ray's own errors only.
+        folder = tmp_path / name
+        folder.mkdir()
+        for n, error in enumerate(failures, 1):
+            with open(folder / "error.txt", "a") as f:
+                f.write(f"Failure # {n} (occurred at 2026-11-24_19-29-16)\n{error}\n")
+            if isinstance(error, ActorDiedError):
+                (folder / "error.pkl").write_bytes(cloudpickle.dumps(error))
+        return SimpleNamespace(trial_id=name, config={k: v[0] for k, v in method.parameters().items()},
+                               error_file=str(folder / "error.txt"), pickled_error_file=str(folder / "error.pkl"))
+
+    progress.on_trial_error(0, [], trial("lost", node_died))
+    progress.on_trial_error(0, [], trial("failed", node_died, RuntimeError("reset_config() must return True")))
+    rows = table.frame()
+    assert progress.lost == 1 and list(rows["trial_id"]) == ["failed"]
+    assert rows["status"].tolist() == ["error"] and "reset_config() must return True" in rows["error"].iloc[0]
 
 
 @pytest.mark.parametrize("args, message", [
