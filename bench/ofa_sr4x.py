@@ -31,7 +31,6 @@ from nas.checkpoint import load_generator  # noqa: E402
 from nas.data import load_task  # noqa: E402
 from nas.files import atomic_write_text  # noqa: E402
 from nas import train  # noqa: E402
-from nas.train import load_supernet  # noqa: E402
 
 FRACTIONS = (4, 10, 20)
 
@@ -116,7 +115,7 @@ def main() -> None:
     students = {"teacher": teacher.module}
     for family in args.families:
         entry = manifest[f"supernet_{family}"]
-        supernet, record = load_supernet(weights / entry["file"])
+        supernet, record = train.load_supernet(weights / entry["file"])
         steps = args.scratch_steps or record["step"]
         for fraction in FRACTIONS:
             config, macs = pick_subnet(supernet, task, t_macs / fraction, args.candidates, args.seed)

@@ -92,7 +92,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     assert len(info["resumes"]) == 1 and info["status"] == "finished"
 
 
-def test_trials_lost_with_their_node_are_run_again(tmp_path, tiny_models, monkeypatch, capsys):
+def test_trials_lost_with_their_node_are_replaced_by_new_samples(tmp_path, tiny_models, monkeypatch, capsys):
     from dataclasses import replace
 
     from nas import search, tune_driver
@@ -118,14 +118,20 @@ def test_trials_lost_with_their_node_are_run_again(tmp_path, tiny_models, monkey
     assert "2 trials died with a lost worker node and were replaced by new samples" in capsys.readouterr().out
 
 
+def died(message):
+    """An ActorDiedError with Ray's wording; built like this (not from Ray's protobuf context) so
+    that it pickles, as the errors Tune stores do."""
+    from ray.exceptions import ActorDiedError
+
+    error = ActorDiedError()
+    error.error_msg = f"The actor died unexpectedly before finishing this task.\n{message}"
+    return error
+
+
 def test_only_the_loss_of_a_node_counts_as_lost():
-    from ray.core.generated.common_pb2 import ActorDiedErrorContext
-    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, RayTaskError
 
     from nas.tune_driver import lost_with_its_node
-
-    def died(message):
-        return ActorDiedError(ActorDiedErrorContext(error_message=message, actor_id=b"a" * 16))
 
     assert lost_with_its_node(died("The actor died because its node has died. Node Id: 262bba9c"))
     assert not lost_with_its_node(died("The actor is dead because it was killed by `ray.kill`."))
@@ -148,8 +154,7 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
                                                  supernet=str(supernet)))
     table = ResultsTable(tmp_path / "trials.csv")
     progress = tune_driver.ProgressCallback(method, table, total=2, done=0, convention="torchprofile", enabled=False)
-    node_died = ActorDiedError()  # built from a context it would not pickle; Ray's own does
-    node_died.error_msg = "The actor died unexpectedly.\nThe actor died because its node has died. Node Id: 262bba9c"
+    node_died = died("The actor died because its node has died. Node Id: 262bba9c")
 
     def trial(name, *failures):
         # Tune's record of a failing trial: "Failure # N" blocks in error.txt; error.pkl holds the
