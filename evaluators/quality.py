@@ -1,4 +1,6 @@
-"""Image quality of a generator: PSNR / SSIM against ground truth and against the teacher (torchmetrics).
+"""Image quality of a generator, in one place: whole images of a split (``EvalSet``), PSNR / SSIM against
+ground truth and against the teacher (torchmetrics), and the share of the teacher's gain over the
+baseline (bicubic for super-resolution) that a student keeps.
 
 FID and KID need a feature extractor (Inception weights cannot be downloaded here): give any
 module mapping images to N x d features, e.g. a TorchScript Inception the user has.
@@ -8,11 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from evaluators.tiling import geometry, run_image
 
 
 def _unit(image: torch.Tensor) -> torch.Tensor:
@@ -30,16 +34,64 @@ def ssim(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float(structural_similarity_index_measure(_unit(output), _unit(reference), data_range=1.0))
 
 
+# Below this gain of the teacher over the baseline (dB, mean over a split) a share would be mostly noise.
+MIN_TEACHER_GAIN_DB = 0.5
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Whole images of one split. ``targets`` is None without ground truth (the teacher's outputs
+    stand in); ``baseline`` names what the inputs themselves are where they are a zero-MACs answer
+    (``"bicubic"`` for super-resolution), else None."""
+
+    split: str
+    names: tuple[str, ...]
+    inputs: tuple[torch.Tensor, ...]
+    targets: tuple[torch.Tensor, ...] | None
+    baseline: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+def gain_share(student_psnr: float | None, baseline_psnr: float | None, teacher_psnr: float | None) -> float | None:
+    """The share of the teacher's gain over the baseline that a student keeps:
+    ``(student - baseline) / (teacher - baseline)``, any sign; None where it is undefined (no baseline or
+    ground truth) or where the teacher is less than ``MIN_TEACHER_GAIN_DB`` above the baseline."""
+    if student_psnr is None or baseline_psnr is None or teacher_psnr is None:
+        return None
+    gain = teacher_psnr - baseline_psnr
+    if gain < MIN_TEACHER_GAIN_DB:
+        return None
+    return (student_psnr - baseline_psnr) / gain
+
+
 @dataclass
 class Quality:
-    """Mean over images; ``psnr``/``ssim`` need ground truth, ``fidelity_psnr`` a teacher."""
+    """Means over the images of a split, and the same per image.
+
+    ``psnr``/``ssim`` need ground truth, ``fidelity_psnr`` (PSNR against the teacher's output) a
+    teacher, ``share`` ground truth, a baseline and a teacher at least ``MIN_TEACHER_GAIN_DB`` above it.
+    """
 
     psnr: float | None = None
     ssim: float | None = None
     fidelity_psnr: float | None = None
+    share: float | None = None
+    per_image: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    @property
+    def metric(self) -> str:
+        """The metric that ``score`` is: PSNR against ground truth where there is one, else against the teacher."""
+        return "psnr" if self.psnr is not None else "fidelity_psnr"
+
+    @property
+    def score(self) -> float | None:
+        """The one number a search maximises (higher is better); ``metric`` says which it is."""
+        return getattr(self, self.metric)
 
     def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        return {"psnr": self.psnr, "ssim": self.ssim, "fidelity_psnr": self.fidelity_psnr, "share": self.share}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -47,26 +99,88 @@ def _mean(values: list[float]) -> float | None:
 
 
 @torch.no_grad()
-def generate(model: nn.Module, inputs: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """Outputs of ``model`` (eval mode) for images of possibly different sizes, one at a time, on the CPU."""
+def generate(model: nn.Module, inputs: Sequence[torch.Tensor], device: torch.device | str = "cpu", *,
+             tile: int | None = None) -> list[torch.Tensor]:
+    """Outputs of ``model`` (eval mode) for whole images of any size, one at a time, on the CPU
+    (through the one tiler that ``nas.apply`` uses)."""
+    if not inputs:
+        return []
     was_training = model.training
     model.eval()
     try:
-        return [model(x[None].to(device))[0].float().cpu() for x in inputs]
+        geo = geometry(model, inputs[0].shape[0])
+        return [run_image(model, x, tile=tile, geo=geo, device=device) for x in inputs]
     finally:
         model.train(was_training)
 
 
 def evaluate(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None = None,
-             teacher_outputs: Sequence[torch.Tensor] | None = None) -> Quality:
+             teacher_outputs: Sequence[torch.Tensor] | None = None, *, names: Sequence[str] | None = None) -> Quality:
     """Quality of generated images against ground truth and/or the teacher's outputs."""
-    quality = Quality()
-    if targets is not None:
-        quality.psnr = _mean([psnr(o, t) for o, t in zip(outputs, targets)])
-        quality.ssim = _mean([ssim(o, t) for o, t in zip(outputs, targets)])
-    if teacher_outputs is not None:
-        quality.fidelity_psnr = _mean([psnr(o, t) for o, t in zip(outputs, teacher_outputs)])
-    return quality
+    names = list(names) if names is not None else [str(i) for i in range(len(outputs))]
+    per_image: dict[str, dict[str, float | None]] = {}
+    for i, (name, output) in enumerate(zip(names, outputs)):
+        per_image[name] = {
+            "psnr": psnr(output, targets[i]) if targets is not None else None,
+            "ssim": ssim(output, targets[i]) if targets is not None else None,
+            "fidelity_psnr": psnr(output, teacher_outputs[i]) if teacher_outputs is not None else None,
+        }
+
+    def mean(key: str) -> float | None:
+        return _mean([v[key] for v in per_image.values() if v[key] is not None])
+
+    return Quality(psnr=mean("psnr"), ssim=mean("ssim"), fidelity_psnr=mean("fidelity_psnr"), per_image=per_image)
+
+
+@dataclass
+class Reference:
+    """What students are judged against on one eval set: the teacher's outputs and quality, and the
+    baseline's (bicubic) quality where the eval set has one. Computed once per eval set."""
+
+    eval_set: EvalSet
+    teacher_outputs: list[torch.Tensor]
+    teacher: Quality
+    baseline: Quality | None
+
+    @property
+    def teacher_gain(self) -> float | None:
+        """Mean PSNR of the teacher minus the baseline's (dB); None without ground truth or baseline."""
+        if self.baseline is None or self.teacher.psnr is None:
+            return None
+        return self.teacher.psnr - self.baseline.psnr
+
+    def judge(self, outputs: Sequence[torch.Tensor]) -> Quality:
+        """A student's quality on this eval set, with its share of the teacher's gain (mean and per image)."""
+        s = self.eval_set
+        quality = evaluate(outputs, s.targets, self.teacher_outputs, names=s.names)
+        if self.baseline is not None:
+            quality.share = gain_share(quality.psnr, self.baseline.psnr, self.teacher.psnr)
+            for name, values in quality.per_image.items():
+                values["share"] = gain_share(values["psnr"], self.baseline.per_image[name]["psnr"],
+                                             self.teacher.per_image[name]["psnr"])
+        return quality
+
+
+def reference(teacher: nn.Module, eval_set: EvalSet, device: torch.device | str = "cpu", *,
+              tile: int | None = None) -> Reference:
+    """The teacher's outputs and quality on ``eval_set``, and the baseline's where there is one."""
+    outputs = generate(teacher, eval_set.inputs, device, tile=tile)
+    targets, names = eval_set.targets, eval_set.names
+    teacher_quality = evaluate(outputs, targets, names=names)
+    baseline = None
+    if eval_set.baseline is not None and targets is not None:
+        baseline = evaluate(eval_set.inputs, targets, names=names)
+    return Reference(eval_set, outputs, teacher_quality, baseline)
+
+
+def evaluate_on(model: nn.Module, eval_set: EvalSet, reference: Reference | None = None, *,
+                device: torch.device | str = "cpu", tile: int | None = None) -> Quality:
+    """The one evaluation of a generator on an eval set: whole images, against ground truth, and,
+    given the teacher's ``reference``, fidelity and the share of the teacher's gain."""
+    outputs = generate(model, eval_set.inputs, device, tile=tile)
+    if reference is not None:
+        return reference.judge(outputs)
+    return evaluate(outputs, eval_set.targets, names=eval_set.names)
 
 
 def fid_kid(features: nn.Module, real: torch.Tensor, fake: torch.Tensor, *, kid_subset_size: int | None = None

@@ -1,8 +1,10 @@
 """``python -m nas.apply``: run a teacher or an exported student on your own images.
 
 For a super-resolution model (task ``sr4x``) the inputs are low-resolution images: each is
-upscaled 4x (bicubic) before the generator, so the outputs are 4x larger. Sides that are not
-multiples of 4 are padded by reflection for the generator and cropped back. Inputs are only read.
+upscaled 4x (bicubic) before the generator, so the outputs are 4x larger. Images run through the
+tiler that evaluation uses (``evaluators.tiling``): reflect-padded to the generator's multiple and
+cropped back, in tiles with a halo of at least the receptive field when they are larger than
+``--tile`` (equal to a whole run). Inputs are only read.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
+
+from evaluators.tiling import Geometry, geometry, run_image
 
 from nas.checkpoint import LoadedGenerator, load_generator
 from nas.cli import Parser, run
@@ -35,15 +38,14 @@ def model_scale(model: LoadedGenerator) -> int:
     return SR_SCALE if model.meta.get("task") == "sr4x" else 1
 
 
-@torch.no_grad()
-def apply_to_image(module: torch.nn.Module, image: torch.Tensor, scale: int, device: torch.device) -> torch.Tensor:
+# Largest side (pixels, after upscaling) run in one piece; larger images are tiled, to bound memory.
+DEFAULT_TILE = 1024
+
+
+def apply_to_image(module: torch.nn.Module, image: torch.Tensor, scale: int, device: torch.device, *,
+                   tile: int | None = DEFAULT_TILE, geo: Geometry | None = None) -> torch.Tensor:
     x = upscale(image, scale) if scale > 1 else image
-    _, h, w = x.shape
-    pad_h, pad_w = (-h) % 4, (-w) % 4
-    batch = x[None].to(device)
-    if pad_h or pad_w:
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="reflect" if min(h, w) > max(pad_h, pad_w) else "replicate")
-    return module(batch)[0, :, :h, :w].cpu()
+    return run_image(module, x, tile=tile, geo=geo, device=device)
 
 
 def build_parser() -> Parser:
@@ -52,6 +54,8 @@ def build_parser() -> Parser:
     p.add_argument("--input", required=True, help="an image or a folder of images")
     p.add_argument("--output", required=True, help="folder for the results (PNG)")
     p.add_argument("--scale", type=int, help="upscale inputs by this first (default: 4 for sr4x models, else 1)")
+    p.add_argument("--tile", type=int, default=DEFAULT_TILE,
+                   help=f"images larger than this (pixels per side, after upscaling) run in tiles (default {DEFAULT_TILE})")
     p.add_argument("--device", default="auto")
     return p
 
@@ -74,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else model_scale(model)
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")
+    if args.tile < 16:
+        raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
     device = pick_device(args.device)
     module = model.module.to(device).eval()
+    geo = geometry(module, model.space.spec.in_channels)
     output.mkdir(parents=True, exist_ok=True)
     written, skipped = 0, []
     for path in tqdm(files, desc="apply", disable=len(files) < 2):
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(str(exc))
             print(f"skipped: {exc}", file=sys.stderr)
             continue
-        result = apply_to_image(module, image, scale, device)
+        result = apply_to_image(module, image, scale, device, tile=args.tile, geo=geo)
         pixels = Image.fromarray(to_uint8(result))
         atomic_write(output / f"{path.stem}.png", lambda tmp: pixels.save(tmp, format="PNG"))
         written += 1

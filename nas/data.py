@@ -16,19 +16,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evaluators.quality import EvalSet
 from spaces.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-# The photos shipped inside scikit-image, split by image (fixed; see the README).
-# The two motorcycle views are a stereo pair of one scene, so both are in train. The grayscale
-# photos (replicated to three channels) are train-only: hubble and retina are mostly dark and
-# smooth, and without the textures the generator learned little beyond bicubic.
+# Photos shipped inside installed packages (nothing is downloaded), split by image (fixed; see the
+# README). Train and val come from scikit-image. The two motorcycle views are a stereo pair of one
+# scene, so both are in train. The grayscale photos (replicated to three channels) are train-only:
+# hubble and retina are mostly dark and smooth, and without the textures the generator learned
+# little beyond bicubic. Test holds every real photo that scikit-learn and matplotlib ship, besides
+# scikit-image's chelsea and rocket; test photos are never used to train or to choose anything.
 SR4X_SPLIT = {
     "train": ("astronaut", "hubble_deep_field", "retina", "motorcycle_left", "motorcycle_right",
               "camera", "coins", "moon", "brick", "grass", "gravel", "text", "page"),
     "val": ("coffee", "immunohistochemistry"),
-    "test": ("chelsea", "rocket"),
+    "test": ("chelsea", "rocket", "china", "flower", "grace_hopper"),
+}
+# Photos that are not scikit-image's: name -> (package, file inside it).
+PACKAGED_PHOTOS = {
+    "china": ("sklearn", "datasets/images/china.jpg"),  # CC BY 2.0, danielbuechele (scikit-learn's README)
+    "flower": ("sklearn", "datasets/images/flower.jpg"),  # CC BY 2.0, vultilion (scikit-learn's README)
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # US Navy photo, public domain
 }
 SR_SCALE = 4
 
@@ -53,7 +62,6 @@ class Task:
     val: Split
     test: Split
     scale: int = 1  # the input an application gets is this many times smaller (bicubic-upscaled first)
-    eval_size: int = 256
     notes: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -88,21 +96,12 @@ class Task:
                 ys.append(pieces[1])
         return torch.stack(xs), (torch.stack(ys) if ys else None)
 
-    def eval_images(self, split: str = "val") -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-        """(name, input, target) per image: a centre crop of at most ``eval_size``, sides multiples of 4."""
+    def eval_set(self, split: str = "val") -> EvalSet:
+        """The whole images of a split; for super-resolution the inputs (bicubic) are the baseline."""
         data = self.split(split)
-        out = []
-        for i, (name, x) in enumerate(zip(data.names, data.inputs)):
-            y = data.targets[i] if data.targets is not None else None
-            out.append((name, centre_crop(x, self.eval_size), centre_crop(y, self.eval_size) if y is not None else None))
-        return out
-
-
-def centre_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    _, h, w = image.shape
-    ch, cw = min(h, size) // 4 * 4, min(w, size) // 4 * 4
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return image[:, top:top + ch, left:left + cw]
+        return EvalSet(split=split, names=tuple(data.names), inputs=tuple(data.inputs),
+                       targets=tuple(data.targets) if data.targets is not None else None,
+                       baseline="bicubic" if self.kind == "sr4x" else None)
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -136,7 +135,20 @@ def sr_pair(hr: torch.Tensor, scale: int = SR_SCALE) -> tuple[torch.Tensor, torc
     return upscale(downscale(hr, scale), scale), hr
 
 
-def _skimage_photo(name: str) -> np.ndarray:
+def photo(name: str) -> np.ndarray:
+    """uint8 H x W x 3 of a photo of ``SR4X_SPLIT``, read from the package that ships it."""
+    if name in PACKAGED_PHOTOS:
+        import importlib.util
+
+        from PIL import Image
+
+        package, file = PACKAGED_PHOTOS[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise UserError(f"the sr4x photo {name} ships with the package {package}, which is not installed; "
+                            f"install the project's dependencies (pip install -e .)")
+        with Image.open(Path(spec.origin).parent / file) as image:
+            return np.asarray(image.convert("RGB"))
     import skimage.data
 
     if name.startswith("motorcycle_"):
@@ -146,13 +158,13 @@ def _skimage_photo(name: str) -> np.ndarray:
     return np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo
 
 
-def sr4x_task(eval_size: int = 256) -> Task:
-    """4x super-resolution on the colour photos shipped with scikit-image."""
+def sr4x_task() -> Task:
+    """4x super-resolution on photos shipped with scikit-image, scikit-learn and matplotlib."""
     splits = {}
     for split, names in SR4X_SPLIT.items():
-        pairs = [sr_pair(to_tensor(_skimage_photo(n))) for n in names]
+        pairs = [sr_pair(to_tensor(photo(n))) for n in names]
         splits[split] = Split([p[0] for p in pairs], [p[1] for p in pairs], list(names))
-    return Task("sr4x", "sr4x", splits["train"], splits["val"], splits["test"], scale=SR_SCALE, eval_size=eval_size,
+    return Task("sr4x", "sr4x", splits["train"], splits["val"], splits["test"], scale=SR_SCALE,
                 notes={"split": "; ".join(f"{k}: {', '.join(v)}" for k, v in SR4X_SPLIT.items())})
 
 
@@ -207,7 +219,7 @@ def _halves(images: list[torch.Tensor], names: list[str]) -> tuple[Split, Split]
     return Split(images[:half], None, names[:half]), Split(images[half:], None, names[half:])
 
 
-def folder_task(root: Path, eval_size: int = 256) -> Task:
+def folder_task(root: Path) -> Task:
     """pix2pix (train/ val/ [test/]), CycleGAN (trainA/ testA/ ...) or one folder of input images."""
     if not root.exists():
         raise UserError(f"task {root} not found; give sr4x or a data folder")
@@ -218,7 +230,7 @@ def folder_task(root: Path, eval_size: int = 256) -> Task:
         val = _aligned_split(root / "val", "aligned validation pairs (pix2pix layout: train/ val/ test/)")
         test = _aligned_split(root / "test", "aligned test pairs") if (root / "test").is_dir() else val
         notes = {"split": "train/, val/, test/" if (root / "test").is_dir() else "train/, val/ (no test/: val is reported)"}
-        return Task(str(root), "aligned", train, val, test, eval_size=eval_size, notes=notes)
+        return Task(str(root), "aligned", train, val, test, notes=notes)
     if (root / "trainA").is_dir() or (root / "testA").is_dir():
         inputs, names = _read_folder(root / "trainA", what="unaligned training inputs (CycleGAN layout)")
         train = Split(inputs, None, names)
@@ -230,7 +242,7 @@ def folder_task(root: Path, eval_size: int = 256) -> Task:
         else:
             val, test = _halves(*_read_folder(root / "testA", what="test inputs (CycleGAN layout)"))
             notes = {"split": "trainA/; testA/ sorted, first half val, second half test"}
-        return Task(str(root), "unaligned", train, val, test, eval_size=eval_size, notes=notes)
+        return Task(str(root), "unaligned", train, val, test, notes=notes)
     files = image_files(root)
     if not files:
         raise UserError(f"{root} has no train/, trainA/ or images; expected a pix2pix (train/ val/ test/), "
@@ -243,14 +255,14 @@ def folder_task(root: Path, eval_size: int = 256) -> Task:
     n_train = len(images) - n_val - n_test
     split = lambda a, b: Split(images[a:b], None, names[a:b])  # noqa: E731
     return Task(str(root), "single", split(0, n_train), split(n_train, n_train + n_val), split(n_train + n_val, None),
-                eval_size=eval_size, notes={"split": "sorted files: last 10% test, the 10% before val, rest train"})
+                notes={"split": "sorted files: last 10% test, the 10% before val, rest train"})
 
 
-def load_task(spec: str, *, eval_size: int = 256) -> Task:
+def load_task(spec: str) -> Task:
     """``sr4x`` or the path of a data folder."""
     if spec == "sr4x":
-        return sr4x_task(eval_size)
-    return folder_task(Path(spec), eval_size)
+        return sr4x_task()
+    return folder_task(Path(spec))
 
 
 def check_crop(task: Task, crop: int) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from nas.checkpoint import load_generator, save_generator
 from nas.files import atomic_write, atomic_write_text
 from nas.cli import Parser, run
+from nas.data import Task
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace
 
@@ -99,9 +100,46 @@ def build_parser() -> Parser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def export_subnet(supernet_path: str | Path, config: str | Config, out: Path, *, finetune_steps: int = 0,
+                  task: str | None = None, teacher: str | None = None, lr: float = 1e-4, batch_size: int = 16,
+                  crop: int = 64, seed: int = 0, device: torch.device | str = "cpu",
+                  progress: bool = True) -> dict[str, Any]:
+    """A subnet of a trained supernet, optionally fine-tuned with the supernet's distillation loss
+    (GAN Compression's last step), written by ``export_generator``; returns its report."""
     from nas.data import check_crop, load_task
-    from nas.train import finetune, load_supernet, pick_device
+    from nas.train import load_supernet
+
+    supernet, record = load_supernet(supernet_path)
+    space = supernet.space
+    config = space.decode(config) if isinstance(config, str) else space.validate(config)
+    student = supernet.extract(config)
+    meta: dict[str, Any] = {"task": record.get("task"), "supernet": str(supernet_path), "finetune_steps": 0}
+    if finetune_steps:
+        task_spec = task or record["task"]
+        loaded_task = load_task(task_spec)
+        check_crop(loaded_task, crop)
+        teacher_model = load_generator(teacher or record["teacher"])
+        student = finetune_subnet(student, record, teacher_model.module, loaded_task, steps=finetune_steps, lr=lr,
+                                  batch_size=batch_size, crop=crop, seed=seed, device=device, progress=progress)
+        meta.update(task=task_spec, finetune_steps=finetune_steps, finetune_lr=lr)
+    return export_generator(student, space, config, out, meta=meta)
+
+
+def finetune_subnet(student: nn.Module, record: dict[str, Any], teacher: nn.Module, task: Task, *, steps: int,
+                    lr: float = 1e-4, batch_size: int = 16, crop: int = 64, seed: int = 0,
+                    device: torch.device | str = "cpu", progress: bool = True) -> nn.Module:
+    """An extracted subnet fine-tuned with the distillation loss of the supernet it came from
+    (``record``: its checkpoint), starting from the supernet's 1x1 mappers, so that they fit."""
+    from nas.train import finetune
+
+    trained_with = record.get("args", {})
+    loss = {k: trained_with[k] for k in ("distill_weight", "distill_layers") if k in trained_with}
+    return finetune(student, teacher, task, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed,
+                    device=device, mappers=record.get("mappers"), progress=progress, **loss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nas.train import pick_device
 
     args = build_parser().parse_args(argv)
     if args.finetune_steps < 0:
@@ -109,23 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if (out / "model.pth").exists():
         raise UserError(f"{out} already holds an export (model.pth); choose another --out or remove it")
-    supernet, record = load_supernet(args.supernet)
-    space = supernet.space
-    config = space.decode(args.config)
-    student = supernet.extract(config)
-    meta: dict[str, Any] = {"task": record.get("task"), "supernet": str(args.supernet), "finetune_steps": 0}
-    if args.finetune_steps:
-        task = load_task(args.task or record["task"])
-        check_crop(task, args.crop)
-        teacher = load_generator(args.teacher or record["teacher"])
-        # The supernet's own distillation loss, so that its inherited mappers fit.
-        trained_with = record.get("args", {})
-        loss = {k: trained_with[k] for k in ("distill_weight", "distill_layers") if k in trained_with}
-        student = finetune(student, teacher.module, task, steps=args.finetune_steps, batch_size=args.batch_size,
-                           crop=args.crop, lr=args.lr, seed=args.seed, device=pick_device(args.device),
-                           mappers=record.get("mappers"), progress=not args.no_progress, **loss)
-        meta.update(task=args.task or record["task"], finetune_steps=args.finetune_steps)
-    report = export_generator(student, space, config, out, meta=meta)
+    report = export_subnet(args.supernet, args.config, out, finetune_steps=args.finetune_steps, task=args.task,
+                           teacher=args.teacher, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
+                           seed=args.seed, device=pick_device(args.device), progress=not args.no_progress)
     macs = report["macs"]
     print(f"exported {report['config']} ({macs['torchprofile'] / 1e9:.3f}G MACs torchprofile, "
           f"{macs['fvcore'] / 1e9:.3f}G fvcore, {report['params']:,} params) to {out}")

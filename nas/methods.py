@@ -9,8 +9,6 @@ run at one budget behind the same four calls.
 
 from __future__ import annotations
 
-import statistics
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from evaluators.quality import Quality
 from spaces.errors import UserError
 from spaces.modules import Cost
 from spaces.space import Choice, SearchSpace
@@ -64,29 +63,31 @@ class SearchMethod(ABC):
         """The candidate's config string (the ``config`` column)."""
 
     def load(self) -> None:
-        """Load what evaluations need (weights, validation data); called once per worker."""
+        """Load what evaluations need (weights, validation data); called once per worker, and on the
+        driver before the best candidate is exported. Here: the val split and the teacher's reference."""
+        from evaluators.quality import reference
+        from nas.checkpoint import load_generator
+        from nas.data import load_task
+
+        self.val = load_task(self.context.task).eval_set("val")
+        teacher = load_generator(self.context.teacher).module.to(self.context.device)
+        self.reference = reference(teacher, self.val, self.context.device)
+
+    def judge(self, module: torch.nn.Module) -> Quality:
+        """Quality of a student on the val split, against the teacher's reference (after ``load``)."""
+        from evaluators.quality import evaluate_on
+
+        return evaluate_on(module, self.val, self.reference, device=self.context.device)
 
     @abstractmethod
     def evaluate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Metrics of one candidate: quality (higher is better), psnr, ssim, fidelity_psnr, latency_ms."""
 
     @abstractmethod
-    def export(self, params: dict[str, Any], out: Path) -> dict[str, Any]:
-        """Write the candidate as a standalone student (nas.export's forms) to ``out``."""
-
-
-@torch.no_grad()
-def median_latency_ms(module: torch.nn.Module, channels: int, size: int, repeats: int, device: str) -> float:
-    x = torch.rand(1, channels, size, size, device=device) * 2 - 1
-    module.eval()(x)
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        module(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
-    return 1e3 * statistics.median(times)
+    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0,
+               progress: bool = False) -> dict[str, Any]:
+        """Write the candidate as a standalone student (nas.export's forms) to ``out``, fine-tuned
+        by distillation for ``finetune_steps`` first."""
 
 
 class OfaMethod(SearchMethod):
@@ -122,43 +123,32 @@ class OfaMethod(SearchMethod):
         return self._space.encode(params)
 
     def load(self) -> None:
-        from evaluators.quality import generate
-        from nas.checkpoint import load_generator
-        from nas.data import load_task
         from nas.train import load_supernet
 
-        device = torch.device(self.context.device)
+        super().load()
         self.supernet, _ = load_supernet(self.context.supernet)
-        self.supernet.to(device)
-        self.task = load_task(self.context.task)
-        images = self.task.eval_images("val")
-        self.inputs = [x for _, x, _ in images]
-        self.targets = [y for _, _, y in images] if self.task.val.targets is not None else None
-        teacher = load_generator(self.context.teacher).module.to(device)
-        self.teacher_outputs = generate(teacher, self.inputs, device)
+        self.supernet.to(self.context.device)
 
     def evaluate(self, params: dict[str, Any]) -> dict[str, Any]:
-        from evaluators.quality import evaluate, generate
+        from evaluators.latency import median_latency_ms
 
         if self.supernet is None:
             self.load()
         config = self._space.validate(params)
         student = self.supernet.extract(config)
-        quality = evaluate(generate(student, self.inputs, self.context.device), self.targets, self.teacher_outputs)
+        quality = self.judge(student)
         latency = median_latency_ms(student, self._space.spec.in_channels, self.context.latency_resolution,
                                     self.context.latency_repeats, self.context.device)
-        score = quality.psnr if quality.psnr is not None else quality.fidelity_psnr
-        return {"quality": score, **quality.as_dict(), "latency_ms": latency}
+        return {"quality": quality.score, "quality_metric": quality.metric, **quality.as_dict(),
+                "latency_ms": latency}
 
-    def export(self, params: dict[str, Any], out: Path) -> dict[str, Any]:
-        from nas.export import export_generator
-        from nas.train import load_supernet
+    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0,
+               progress: bool = False) -> dict[str, Any]:
+        from nas.export import export_subnet
 
-        supernet, record = load_supernet(self.context.supernet)
-        config = self._space.validate(params)
-        return export_generator(supernet.extract(config), self._space, config, out,
-                                meta={"task": record.get("task"), "supernet": self.context.supernet,
-                                      "finetune_steps": 0})
+        return export_subnet(self.context.supernet, self._space.validate(params), out, finetune_steps=finetune_steps,
+                             task=self.context.task, teacher=self.context.teacher, seed=self.context.seed,
+                             device=self.context.device, progress=progress)
 
 
 METHODS: dict[str, type[SearchMethod]] = {"ofa": OfaMethod}

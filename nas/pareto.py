@@ -48,16 +48,21 @@ def render_html(front: ParetoFront, path: str | Path, *, title: str, quality_lab
     import plotly.graph_objects as go
 
     c, col = front.candidates, front.macs_column
-    hover = ("config %{customdata[0]}<br>MACs %{x:.4g}G<br>" + quality_label +
-             " %{y:.3f}<br>params %{customdata[1]:,}<br>latency %{customdata[2]:.1f} ms<extra></extra>")
-    data = c[["config", "params", "latency_ms"]].fillna(0).values
+    hover = ("config %{customdata[0]}<br>MACs %{x:.4g}G<br>" + quality_label + " %{y:.3f}<br>"
+             "share of the teacher's gain %{customdata[3]}<br>params %{customdata[1]:,}<br>"
+             "latency %{customdata[2]:.1f} ms<extra></extra>")
+
+    def customdata(rows: pd.DataFrame):
+        shares = rows["share"].map(lambda v: "n/a" if v is None or v != v else f"{100 * float(v):.0f}%")
+        return rows[["config", "params", "latency_ms"]].fillna(0).assign(share=shares).values
+
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=c[col] / 1e9, y=c["quality"], mode="markers", name="candidates",
-                             marker={"color": "lightsteelblue", "size": 8}, customdata=data, hovertemplate=hover))
+                             marker={"color": "lightsteelblue", "size": 8}, customdata=customdata(c), hovertemplate=hover))
     f = front.front_rows
     fig.add_trace(go.Scatter(x=f[col] / 1e9, y=f["quality"], mode="lines+markers", name="Pareto front",
                              line={"shape": "hv", "color": "crimson"}, marker={"size": 10},
-                             customdata=f[["config", "params", "latency_ms"]].fillna(0).values, hovertemplate=hover))
+                             customdata=customdata(f), hovertemplate=hover))
     if front.budget is not None:
         fig.add_vline(x=front.budget / 1e9, line_dash="dash", line_color="gray",
                       annotation_text=f"budget {front.budget / 1e9:.3g}G")

@@ -2,7 +2,8 @@
 
 The entry records what a reader needs to trust and reproduce the file: the exact training
 command, seed, data split, training time, val/test metrics (with bicubic for reference on
-super-resolution), MACs, parameters and the sha256 of the file.
+super-resolution), MACs, parameters and the sha256 of the file. Metrics are on whole images, per image
+and mean, with the share of the teacher's gain over bicubic that a student keeps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from evaluators.quality import evaluate, generate
+from evaluators.quality import Quality, Reference, evaluate_on, reference
 from nas.checkpoint import atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
@@ -37,19 +38,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _quality(model: torch.nn.Module, task: Task, split: str, teacher: torch.nn.Module | None = None) -> dict:
-    images = task.eval_images(split)
-    inputs = [x for _, x, _ in images]
-    targets = [y for _, _, y in images] if task.split(split).targets is not None else None
-    teacher_outputs = generate(teacher, inputs) if teacher is not None else None
-    return evaluate(generate(model, inputs), targets, teacher_outputs).as_dict()
+def _judged(quality: Quality) -> dict[str, Any]:
+    return {**quality.as_dict(), "per_image": quality.per_image}
 
 
-def _bicubic(task: Task, split: str) -> float | None:
-    images = task.eval_images(split)
-    if task.kind != "sr4x":
-        return None
-    return evaluate([x for _, x, _ in images], [y for _, _, y in images]).psnr
+def _references(teacher: torch.nn.Module, task: Task) -> dict[str, Reference]:
+    return {split: reference(teacher, task.eval_set(split)) for split in ("val", "test")}
 
 
 def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str, Any]:
@@ -68,15 +62,17 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
         atomic_save(generator_record(teacher.module, teacher.space, teacher.config, task=record["task"],
                                      step=record["step"]), out)
         cost = teacher.space.cost(teacher.config)
+        refs = _references(teacher.module, task)
         entry.update(config=teacher.space.encode(teacher.config), space=teacher.space.name,
                      macs={"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, params=cost.params,
-                     metrics={s: _quality(teacher.module, task, s) for s in ("val", "test")},
-                     bicubic_psnr={s: _bicubic(task, s) for s in ("val", "test")})
+                     metrics={s: _judged(r.teacher) for s, r in refs.items()},
+                     bicubic_psnr={s: r.baseline.psnr if r.baseline else None for s, r in refs.items()},
+                     teacher_gain_db={s: r.teacher_gain for s, r in refs.items()})
     else:
         from nas.train import load_supernet
 
         supernet, _ = load_supernet(checkpoint)
-        teacher = load_generator(record["teacher"]).module
+        refs = _references(load_generator(record["teacher"]).module, task)
         slim = {k: v for k, v in record.items() if k not in ("optimizers", "discriminator")}
         atomic_save(slim, out)
         space = supernet.space
@@ -84,7 +80,7 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
         for label, config in (("max", space.max_config()), ("min", space.min_config())):
             sub = supernet.extract(config)
             metrics[label] = {"config": space.encode(config), "macs_torchprofile": space.macs(config),
-                              **{s: _quality(sub, task, s, teacher) for s in ("val", "test")}}
+                              **{s: _judged(evaluate_on(sub, r.eval_set, r)) for s, r in refs.items()}}
         entry.update(space=space.name, teacher=Path(record["teacher"]).name, metrics=metrics)
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
     entries = json.loads(manifest.read_text()) if manifest.exists() else {}

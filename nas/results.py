@@ -11,7 +11,7 @@ from nas.files import atomic_write
 
 COLUMNS = [
     "trial_id", "method", "space", "config", "macs_torchprofile", "macs_fvcore", "params",
-    "quality", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status", "error",
+    "quality", "share", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status", "error",
     "node", "seconds", "finished_at",
 ]
 

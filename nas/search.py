@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ from spaces.space import CONVENTIONS, builtin_spaces
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = ROOT / "weights" / "sr4x"
 SAMPLERS = ("nsga2", "tpe", "random")
+# Distillation steps for the exported best student (GAN Compression's fine-tune); chosen by
+# measurement, see the README (bench/ofa_finetune.py).
+FINETUNE_STEPS = 500
 
 
 @dataclass
@@ -52,8 +55,8 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     max_failures: int = 2
     latency_resolution: int = 256
+    finetune_steps: int = FINETUNE_STEPS
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ checks before Ray
@@ -118,6 +121,8 @@ def prepare(options: SearchOptions) -> SearchMethod:
         raise UserError(f"--macs-convention must be one of {', '.join(CONVENTIONS)}")
     if options.trials < 1:
         raise UserError(f"--trials must be at least 1, got {options.trials}")
+    if options.finetune_steps < 0:
+        raise UserError(f"--finetune-steps must be at least 0, got {options.finetune_steps}")
     if options.sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     method_class = get_method(options.method)
@@ -207,48 +212,56 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     return out
 
 
+QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)"}
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None or share != share else f"{100 * share:.0f}%"
+
+
 def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
-    """Pareto front into pareto.html, and the best feasible student exported into best/."""
+    """Pareto front into pareto.html, and the best feasible student exported (fine-tuned) into best/."""
+    from nas.checkpoint import load_generator
+
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
-    teacher_macs = teacher_quality = None
-    try:
-        from nas.checkpoint import load_generator
-
-        teacher = load_generator(options.teacher)
-        teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
-        teacher_quality = _teacher_val_psnr(teacher.module, options.task)
-    except UserError:
-        pass
+    method.load()  # the val split and the teacher's reference, here on the driver
+    teacher_ref = method.reference
+    teacher = load_generator(options.teacher)
+    teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
+    metric = teacher_ref.teacher.metric if teacher_ref.teacher.psnr is not None else "fidelity_psnr"
     front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
-                         teacher_quality=teacher_quality)
+                         teacher_quality=teacher_ref.teacher.psnr)
     render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "
                 f"({len(front.candidates)} candidates, budget {format_macs(options.budget)})",
-                quality_label="val PSNR (dB)")
+                quality_label=QUALITY_LABELS[metric])
     feasible = front.candidates[front.candidates["feasible"].astype(str).isin(["True", "true", "1"])]
     best = None
     if len(feasible):
         row = feasible.sort_values(["quality", column], ascending=[False, True]).iloc[0]
-        best = {"config": row["config"], "quality": float(row["quality"]), "macs": int(row[column])}
+        best = {"config": row["config"], "macs": int(row[column]), "quality": float(row["quality"]),
+                "inherited": {k: _number(row[k]) for k in ("quality", "psnr", "ssim", "fidelity_psnr", "share")}}
         best_dir = out / "best"
-        if not (best_dir / "model.pth").exists() or json.loads((best_dir / "export.json").read_text()).get(
-                "config") != row["config"]:
-            if (best_dir / "model.pth").exists():
+        report_file = best_dir / "export.json"
+        done = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        if done.get("config") != row["config"] or done.get("finetune_steps") != options.finetune_steps:
+            if best_dir.exists():
                 for f in best_dir.iterdir():
                     f.unlink()
-            method.export(method.space.decode(row["config"]), best_dir)
-    return {"best": best, "front": front.front_rows["config"].tolist(), "teacher_val_psnr": teacher_quality,
-            "teacher_macs": teacher_macs}
+            began = time.perf_counter()
+            method.export(method.space.decode(row["config"]), best_dir, finetune_steps=options.finetune_steps,
+                          progress=options.progress)
+            best["export_seconds"] = round(time.perf_counter() - began, 1)
+        tuned = method.judge(load_generator(best_dir / "model.pth").module)
+        best["finetuned"] = {"steps": options.finetune_steps, "quality": tuned.score, **tuned.as_dict()}
+        best["quality"] = tuned.score  # what best/ holds
+    return {"best": best, "front": front.front_rows["config"].tolist(), "quality_metric": metric,
+            "teacher_macs": teacher_macs, "teacher_val": teacher_ref.teacher.as_dict(),
+            "baseline_val_psnr": teacher_ref.baseline.psnr if teacher_ref.baseline else None}
 
 
-def _teacher_val_psnr(module, task_spec: str) -> float | None:
-    from evaluators.quality import evaluate, generate
-    from nas.data import load_task
-
-    task = load_task(task_spec)
-    images = task.eval_images("val")
-    outputs = generate(module, [x for _, x, _ in images])
-    return evaluate(outputs, [y for _, _, y in images]).psnr if task.val.targets is not None else None
+def _number(value: Any) -> float | None:
+    return None if value is None or value != value else float(value)
 
 
 def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: dict[str, Any]) -> None:
@@ -263,14 +276,24 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
     if info.get("lost"):
         print(f"{info['lost']} trials died with a lost worker node and were replaced by new samples"
               + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
-    print(f"Pareto front ({len(rows)} of {len(front.candidates)}):")
-    print(f"  {'MACs':>8}  {'quality':>8}  {'params':>9}  {'latency':>9}  feasible  config")
+    teacher, baseline = info.get("teacher_val") or {}, info.get("baseline_val_psnr")
+    metric = info.get("quality_metric", "psnr")
+    if teacher.get("psnr") is not None:
+        print(f"teacher val PSNR {teacher['psnr']:.3f}" + (f", bicubic {baseline:.3f}; share = the share of the "
+                                                            "teacher's gain over bicubic a student keeps"
+                                                            if baseline is not None else ""))
+    print(f"Pareto front ({len(rows)} of {len(front.candidates)}; quality = {QUALITY_LABELS[metric]}, "
+          "inherited weights):")
+    print(f"  {'MACs':>8}  {'quality':>8}  {'share':>6}  {'params':>9}  {'latency':>9}  feasible  config")
     for _, r in rows.iterrows():
-        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {int(r['params']):>9,}  "
-              f"{float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
+        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {_percent(_number(r['share'])):>6}  "
+              f"{int(r['params']):>9,}  {float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
     best = info.get("best")
     if best:
-        print(f"best feasible: {best['config']}  quality {best['quality']:.3f}  MACs {format_macs(best['macs'])}")
+        inherited, tuned = best["inherited"], best["finetuned"]
+        print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality inherited "
+              f"{inherited['quality']:.3f} (share {_percent(inherited['share'])}) -> fine-tuned {tuned['steps']} steps "
+              f"{tuned['quality']:.3f} (share {_percent(tuned['share'])})")
     print(f"files: {out / 'trials.csv'}, {out / 'pareto.html'}, {out / 'run.json'}, {out / 'optuna.db'}"
           + (f", {out / 'best'}/" if best else ""))
 
@@ -296,6 +319,9 @@ def build_parser() -> Parser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial before it is recorded")
+    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+                   help=f"distillation steps for the exported best student (default {FINETUNE_STEPS}; 0: inherited "
+                        "weights as they are)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -310,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         if not run_file.is_file():
             raise UserError(f"--resume: {args.out} holds no search (no run.json); start it without --resume")
         stored = json.loads(run_file.read_text())["options"]
+        stored = {k: v for k, v in stored.items() if k in {f.name for f in fields(SearchOptions)}}
         options = SearchOptions(**{**stored, "address": args.address, "progress": not args.no_progress,
                                    "trials": args.trials if "--trials" in (argv or sys.argv) else stored["trials"]})
         run_search(options, resume=True, command=command)
@@ -324,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                             supernet=args.supernet, trials=args.trials, seed=args.seed, out=args.out or "",
                             sampler=args.sampler, macs_convention=args.macs_convention, address=args.address,
                             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                            max_failures=args.max_failures, progress=not args.no_progress)
+                            max_failures=args.max_failures, finetune_steps=args.finetune_steps,
+                            progress=not args.no_progress)
     run_search(options, command=command)
     return 0
 

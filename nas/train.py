@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from evaluators.quality import evaluate, generate
+from evaluators.quality import Quality, Reference, evaluate_on, reference
 from nas.checkpoint import atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, check_crop, load_task
@@ -154,11 +154,8 @@ def _prepare_out(loop: Loop, resume: bool) -> dict[str, Any] | None:
     return None
 
 
-def _val_quality(model: nn.Module, loop: Loop, teacher_outputs: list[torch.Tensor] | None = None):
-    images = loop.task.eval_images("val")
-    outputs = generate(model, [x for _, x, _ in images], loop.device)
-    targets = [y for _, _, y in images] if images[0][2] is not None else None
-    return evaluate(outputs, targets, teacher_outputs)
+def _val_quality(model: nn.Module, loop: Loop, teacher: Reference | None = None) -> Quality:
+    return evaluate_on(model, loop.task.eval_set("val"), teacher, device=loop.device)
 
 
 # --------------------------------------------------------------------------------------- teacher
@@ -330,7 +327,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
             opt_d.load_state_dict(saved["optimizers"]["discriminator"])
         start, elapsed = saved["step"], saved["train_seconds"]
     metrics: dict[str, Any] = dict(saved.get("metrics", {})) if saved else {}
-    val_teacher = generate(teacher_net, [x for _, x, _ in loop.task.eval_images("val")], loop.device)
+    val_teacher = reference(teacher_net, loop.task.eval_set("val"), loop.device)
 
     def save(step: int) -> None:
         record = {

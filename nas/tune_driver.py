@@ -114,7 +114,7 @@ class BudgetSearcher(Searcher):
                 "trial_id": trial_id, "method": self.method.name, "space": self.method.space.name,
                 "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
                 "macs_fvcore": cost.fvcore, "params": cost.params, "quality": result["quality"],
-                "psnr": result.get("psnr"), "ssim": result.get("ssim"), "fidelity_psnr": result.get("fidelity_psnr"),
+                "share": result.get("share"), "psnr": result.get("psnr"), "ssim": result.get("ssim"), "fidelity_psnr": result.get("fidelity_psnr"),
                 "latency_ms": result.get("latency_ms"), "feasible": macs <= self.budget, "status": "ok",
                 "node": result.get("node_ip"), "seconds": round(result.get("time_total_s", 0.0), 3),
                 "finished_at": _now(),

@@ -1,12 +1,14 @@
 """Tasks: the embedded sr4x split, user folder layouts, and one-line errors for bad data."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from evaluators.quality import psnr
-from nas.data import SR4X_SPLIT, check_crop, downscale, load_task, sr_pair
+from nas.data import SR4X_SPLIT, check_crop, downscale, load_task, photo, sr_pair
 from spaces import UserError
 
 
@@ -39,10 +41,27 @@ def test_batches_are_a_function_of_seed_and_step(sr4x):
     assert psnr(a[0], a[1]) > 18  # input and target crops are aligned
 
 
-def test_eval_images_are_centre_crops(sr4x):
-    images = sr4x.eval_images("test")
-    assert [n for n, _, _ in images] == list(SR4X_SPLIT["test"])
-    assert all(x.shape == (3, 256, 256) and y.shape == x.shape for _, x, y in images)
+def test_eval_sets_are_whole_images_with_bicubic_as_the_baseline(sr4x):
+    test = sr4x.eval_set("test")
+    assert test.names == SR4X_SPLIT["test"] and test.baseline == "bicubic"
+    for name, x, y in zip(test.names, test.inputs, test.targets):
+        h, w = photo(name).shape[:2]
+        assert x.shape == y.shape == (3, h // 4 * 4, w // 4 * 4)  # whole, cut only to the scale's multiple
+    assert sr4x.eval_set("val").inputs[0] is sr4x.val.inputs[0]
+
+
+def test_test_photos_come_from_three_packages_and_are_never_trained_or_searched_on():
+    """By pixels, not names: skimage.data.cat() is chelsea, and a renamed copy would pass a name check."""
+    digest = lambda array: hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()  # noqa: E731
+    seen = {split: {digest(photo(n)) for n in SR4X_SPLIT[split]} for split in ("train", "val", "test")}
+    assert len(seen["test"]) == len(SR4X_SPLIT["test"]) == 5
+    assert not seen["test"] & (seen["train"] | seen["val"])
+    assert not seen["val"] & seen["train"]
+    import skimage.data
+
+    assert digest(skimage.data.cat()) in seen["test"]  # the same photo as chelsea, under another name
+    assert all(photo(n).dtype == np.uint8 and photo(n).shape[2] == 3 and min(photo(n).shape[:2]) >= 300
+               for n in ("china", "flower", "grace_hopper"))
 
 
 def save(path, array):

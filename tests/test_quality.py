@@ -1,4 +1,5 @@
-"""Quality metrics: PSNR/SSIM on known cases, FID/KID against the closed form on Gaussian features."""
+"""Quality metrics: PSNR/SSIM on known cases, the share of the teacher's gain, FID/KID against the closed
+form on Gaussian features."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from scipy import linalg
 from torch import nn
 
-from evaluators.quality import evaluate, fid_kid, psnr, ssim
+from evaluators.quality import EvalSet, Reference, evaluate, evaluate_on, fid_kid, gain_share, psnr, ssim
 
 
 def test_psnr_of_a_known_error():
@@ -57,3 +58,33 @@ def test_fid_matches_the_closed_form_for_gaussian_features():
     assert fid == pytest.approx(closed_form_fid(mu1, s1, mu2, s2), rel=0.1)
     same_fid, same_kid = fid_kid(Flatten(d), to_images(real[: n // 2]), to_images(real[n // 2:]), kid_subset_size=500)
     assert same_fid < 0.05 * fid and abs(same_kid) < 0.1 * kid
+
+
+def test_share_of_the_teachers_gain_on_hand_made_numbers():
+    assert gain_share(27.0, 26.0, 28.0) == pytest.approx(0.5)
+    assert gain_share(28.5, 26.0, 28.0) == pytest.approx(1.25)  # better than the teacher: above 100%
+    assert gain_share(25.5, 26.0, 28.0) == pytest.approx(-0.25)  # worse than bicubic: negative
+    assert gain_share(27.0, 26.0, 26.4) is None  # the teacher is under 0.5 dB above bicubic: cannot rank
+    assert gain_share(27.0, None, 28.0) is None  # no baseline (not super-resolution)
+
+
+def test_reference_judges_students_against_teacher_and_bicubic():
+    g = torch.Generator().manual_seed(0)
+    targets = tuple(torch.rand(3, 24, 24, generator=g) * 2 - 1 for _ in range(2))
+    noisy = lambda sigma: tuple(t + sigma * torch.randn(t.shape, generator=g) for t in targets)  # noqa: E731
+    inputs = noisy(0.2)  # the "bicubic" baseline
+    eval_set = EvalSet("test", ("a", "b"), inputs, targets, baseline="bicubic")
+    teacher = nn.Identity()
+    teacher_outputs = noisy(0.05)
+    ref = Reference(eval_set, list(teacher_outputs), evaluate(teacher_outputs, targets, names=eval_set.names),
+                    evaluate(inputs, targets, names=eval_set.names))
+    student = ref.judge(noisy(0.1))
+    expected = (student.psnr - ref.baseline.psnr) / (ref.teacher.psnr - ref.baseline.psnr)
+    assert student.share == pytest.approx(expected) and 0.2 < student.share < 0.8
+    assert set(student.per_image) == {"a", "b"} and student.per_image["a"]["share"] is not None
+    assert ref.judge(list(teacher_outputs)).share == pytest.approx(1.0)
+    assert ref.judge(list(inputs)).share == pytest.approx(0.0, abs=1e-6)
+    assert student.metric == "psnr" and student.score == student.psnr
+    # without ground truth the score is fidelity to the teacher, and there is no share
+    unpaired = evaluate_on(teacher, EvalSet("val", ("a",), inputs[:1], None))
+    assert unpaired.metric == "fidelity_psnr" and unpaired.share is None and unpaired.psnr is None

@@ -32,8 +32,9 @@ def test_pareto_front_handles_dominance_and_ties():
 
 
 def test_render_html_draws_the_record(tmp_path):
-    frame = pd.DataFrame([row("a", 100e6, 20.0), row("b", 300e6, 22.0)])
+    frame = pd.DataFrame([row("a", 100e6, 20.0, share=0.41), row("b", 300e6, 22.0, share=None)])
     render_html(pareto_front(frame, budget=250e6, teacher_macs=5e9, teacher_quality=23.0), tmp_path / "p.html",
                 title="t", quality_label="val PSNR")
     html = (tmp_path / "p.html").read_text()
     assert "Pareto front" in html and "budget 0.25G" in html and "teacher" in html and "ca" in html
+    assert "share of the teacher's gain" in html and "41%" in html and "n/a" in html

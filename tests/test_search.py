@@ -19,9 +19,10 @@ SPACE = "tests/spaces/tiny_inception.yaml"
 
 
 def search_cmd(tiny_models, out, *extra):
+    """A search on the tiny models; its best student is exported without fine-tuning unless ``extra`` says."""
     teacher, supernet = tiny_models
     return [sys.executable, "-m", "nas.search", "--space", SPACE, "--teacher", str(teacher), "--supernet",
-            str(supernet), "--out", str(out), "--no-progress", *extra]
+            str(supernet), "--out", str(out), "--no-progress", "--finetune-steps", "0", *extra]
 
 
 def run(cmd, env=None, timeout=600):
@@ -30,7 +31,8 @@ def run(cmd, env=None, timeout=600):
 
 def test_search_writes_table_front_run_and_best_student(tmp_path, tiny_models):
     out = tmp_path / "run"
-    done = run(search_cmd(tiny_models, out, "--budget", "4M", "--trials", "6", "--sampler", "random"))
+    done = run(search_cmd(tiny_models, out, "--budget", "4M", "--trials", "6", "--sampler", "random",
+                          "--finetune-steps", "3"))
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out / "trials.csv", dtype={"config": str})
     assert len(table) == 6 and table["trial_id"].is_unique and (table["status"] == "ok").all()
@@ -44,14 +46,22 @@ def test_search_writes_table_front_run_and_best_student(tmp_path, tiny_models):
     assert info["rejected"] > 0  # 4M is below much of this space: samples over it were never evaluated
     best = table.loc[table["quality"].idxmax()]
     assert info["best"]["config"] == best["config"]
-    assert json.loads((out / "best" / "export.json").read_text())["config"] == best["config"]
+    exported = json.loads((out / "best" / "export.json").read_text())
+    assert exported["config"] == best["config"] and exported["finetune_steps"] == 3
+    # inherited (the row) and fine-tuned (best/) are both judged on val; the tiny teacher is not 0.5 dB over
+    # bicubic, so there is no share to report
+    assert info["best"]["inherited"]["psnr"] == pytest.approx(best["psnr"])
+    assert info["best"]["finetuned"]["steps"] == 3 and info["best"]["finetuned"]["psnr"] > 10
+    assert info["best"]["finetuned"]["psnr"] != info["best"]["inherited"]["psnr"]
+    assert info["quality_metric"] == "psnr" and "share" in table.columns and table["share"].isna().all()
+    assert info["teacher_val"]["psnr"] - info["baseline_val_psnr"] < 0.5
     html = (out / "pareto.html").read_text()
     assert "Pareto front" in html and "budget 4M" in html and best["config"] in html
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'optuna.db'}")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 6 == len(study.trials)  # the run's study holds evaluated trials
     assert {t.user_attrs["config"] for t in complete} == set(table["config"])
-    assert "Pareto front" in done.stdout and "best feasible" in done.stdout
+    assert "Pareto front" in done.stdout and "best feasible" in done.stdout and "fine-tuned 3 steps" in done.stdout
 
 
 def test_failing_trials_are_retried_then_recorded(tmp_path, tiny_models):
@@ -110,7 +120,7 @@ def test_trials_lost_with_their_node_are_replaced_by_new_samples(tmp_path, tiny_
     teacher, supernet = tiny_models
     out = search.run_search(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher),
                                                  supernet=str(supernet), trials=4, out=str(tmp_path / "run"),
-                                                 progress=False))
+                                                 finetune_steps=0, progress=False))
     table = pd.read_csv(out / "trials.csv", dtype={"config": str})
     assert rounds == ["tune-0", "tune-0-1"] and len(table) == 4 and (table["status"] == "ok").all()
     info = json.loads((out / "run.json").read_text())

@@ -1,0 +1,65 @@
+"""How many fine-tuning steps the exported best student needs: val quality against steps.
+
+    python bench/ofa_finetune.py [--family resnet] [--fraction 10] [--steps 0 250 500 1000 2000]
+
+Takes the subnet of the shipped supernet at about 1/FRACTION of the teacher's MACs (the pick of
+``bench/ofa_sr4x.py``), fine-tunes it with the supernet's distillation loss (what ``nas.search``
+does to its best student) for each number of steps, from the inherited weights each time, and
+prints val PSNR, the share of the teacher's gain over bicubic and the seconds it took. Val only:
+this chooses a default, so the test split is not looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from evaluators.quality import evaluate_on, reference
+from nas.checkpoint import load_generator
+from nas.data import load_task
+from nas.files import atomic_write_text
+from nas.export import finetune_subnet
+from nas.train import load_supernet
+from ofa_sr4x import pick_subnet
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="weights/sr4x")
+    p.add_argument("--family", default="resnet")
+    p.add_argument("--fraction", type=int, default=10)
+    p.add_argument("--steps", type=int, nargs="+", default=[0, 250, 500, 1000, 2000])
+    p.add_argument("--json", help="also write the rows here")
+    args = p.parse_args()
+    weights = Path(args.weights)
+    manifest = json.loads((weights / "manifest.json").read_text())
+    task = load_task("sr4x")
+    val = task.eval_set("val")
+    teacher = load_generator(weights / manifest["teacher"]["file"])
+    ref = reference(teacher.module, val)
+    supernet, record = load_supernet(weights / manifest[f"supernet_{args.family}"]["file"])
+    target = teacher.space.macs(teacher.config) / args.fraction
+    config, macs = pick_subnet(supernet, task, target, ref)
+    print(f"{args.family} 1/{args.fraction}: {supernet.space.encode(config)}  {macs / 1e9:.3f}G MACs; teacher val PSNR "
+          f"{ref.teacher.psnr:.3f}, bicubic {ref.baseline.psnr:.3f}")
+    print(f"{'steps':>6}{'val PSNR':>10}{'share':>8}{'seconds':>9}")
+    rows = []
+    for steps in args.steps:
+        began = time.perf_counter()
+        student = supernet.extract(config)
+        if steps:
+            student = finetune_subnet(student, record, teacher.module, task, steps=steps, progress=False)
+        seconds = time.perf_counter() - began
+        quality = evaluate_on(student, val, ref)
+        rows.append({"steps": steps, "val_psnr": quality.psnr, "share": quality.share, "seconds": seconds})
+        print(f"{steps:>6}{quality.psnr:>10.3f}{100 * quality.share:>7.1f}%{seconds:>9.1f}", flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"family": args.family, "fraction": args.fraction,
+                                                 "config": supernet.space.encode(config), "macs": macs,
+                                                 "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
