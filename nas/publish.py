@@ -16,11 +16,16 @@ from typing import Any
 import torch
 
 from evaluators.quality import Quality, Reference, evaluate_on, reference
-from nas.checkpoint import atomic_save, generator_record, load_generator, safe_load
+from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
 from nas.files import atomic_write_text
 from spaces.errors import UserError
+from spaces.supernet import Supernet
+
+
+# How the metrics of an entry were measured; entries of an older protocol are measured again with --remeasure.
+PROTOCOL = "whole images of the split; share of the teacher's gain over bicubic"
 
 
 def training_command(what: str, args: dict[str, Any]) -> str:
@@ -46,6 +51,52 @@ def _references(teacher: torch.nn.Module, task: Task) -> dict[str, Reference]:
     return {split: reference(teacher, task.eval_set(split)) for split in ("val", "test")}
 
 
+def measure_teacher(teacher: LoadedGenerator, task: Task) -> dict[str, Any]:
+    """A teacher's manifest fields: cost, and val/test quality beside bicubic's."""
+    cost = teacher.space.cost(teacher.config)
+    refs = _references(teacher.module, task)
+    return {"config": teacher.space.encode(teacher.config), "space": teacher.space.name,
+            "macs": {"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, "params": cost.params,
+            "protocol": PROTOCOL, "metrics": {s: _judged(r.teacher) for s, r in refs.items()},
+            "bicubic_psnr": {s: r.baseline.psnr if r.baseline else None for s, r in refs.items()},
+            "teacher_gain_db": {s: r.teacher_gain for s, r in refs.items()}}
+
+
+def measure_supernet(supernet: Supernet, teacher: torch.nn.Module, task: Task) -> dict[str, Any]:
+    """A supernet's manifest fields: its largest and smallest subnets' val/test quality (inherited weights)."""
+    refs = _references(teacher, task)
+    space = supernet.space
+    metrics = {}
+    for label, config in (("max", space.max_config()), ("min", space.min_config())):
+        sub = supernet.extract(config)
+        metrics[label] = {"config": space.encode(config), "macs_torchprofile": space.macs(config),
+                          **{s: _judged(evaluate_on(sub, r.eval_set, r)) for s, r in refs.items()}}
+    return {"space": space.name, "protocol": PROTOCOL, "metrics": metrics}
+
+
+def remeasure(manifest: Path) -> dict[str, Any]:
+    """Measure every entry of ``manifest`` again with today's evaluation protocol (the files are unchanged)."""
+    from nas.train import load_supernet
+
+    if not manifest.is_file():
+        raise UserError(f"--remeasure: manifest {manifest} not found")
+    entries = json.loads(manifest.read_text())
+    for name, entry in entries.items():
+        path = manifest.parent / entry["file"]
+        if sha256(path) != entry["sha256"]:
+            raise UserError(f"{path} does not match the sha256 of manifest entry {name!r}; publish it again instead")
+        task = load_task(entry["task"])
+        if entry["kind"] == "teacher":
+            entry.update(measure_teacher(load_generator(path), task))
+        else:
+            supernet, _ = load_supernet(path)
+            entry.update(measure_supernet(supernet, load_generator(manifest.parent / entry["teacher"]).module, task))
+        entry.update(split=task.notes.get("split", ""))
+        print(f"remeasured {name}", flush=True)
+    atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")
+    return entries
+
+
 def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str, Any]:
     record = safe_load(checkpoint)
     if not isinstance(record, dict) or record.get("kind") not in ("teacher", "supernet"):
@@ -61,27 +112,15 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
         teacher = load_generator(checkpoint)
         atomic_save(generator_record(teacher.module, teacher.space, teacher.config, task=record["task"],
                                      step=record["step"]), out)
-        cost = teacher.space.cost(teacher.config)
-        refs = _references(teacher.module, task)
-        entry.update(config=teacher.space.encode(teacher.config), space=teacher.space.name,
-                     macs={"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, params=cost.params,
-                     metrics={s: _judged(r.teacher) for s, r in refs.items()},
-                     bicubic_psnr={s: r.baseline.psnr if r.baseline else None for s, r in refs.items()},
-                     teacher_gain_db={s: r.teacher_gain for s, r in refs.items()})
+        entry.update(measure_teacher(teacher, task))
     else:
         from nas.train import load_supernet
 
         supernet, _ = load_supernet(checkpoint)
-        refs = _references(load_generator(record["teacher"]).module, task)
         slim = {k: v for k, v in record.items() if k not in ("optimizers", "discriminator")}
         atomic_save(slim, out)
-        space = supernet.space
-        metrics = {}
-        for label, config in (("max", space.max_config()), ("min", space.min_config())):
-            sub = supernet.extract(config)
-            metrics[label] = {"config": space.encode(config), "macs_torchprofile": space.macs(config),
-                              **{s: _judged(evaluate_on(sub, r.eval_set, r)) for s, r in refs.items()}}
-        entry.update(space=space.name, teacher=Path(record["teacher"]).name, metrics=metrics)
+        entry.update(teacher=Path(record["teacher"]).name,
+                     **measure_supernet(supernet, load_generator(record["teacher"]).module, task))
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
     entries = json.loads(manifest.read_text()) if manifest.exists() else {}
     entries[name] = entry
@@ -91,15 +130,25 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m nas.publish", description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (nas.train)")
-    p.add_argument("--out", required=True, help="file to write (weights only, no optimizer state)")
-    p.add_argument("--name", required=True, help="key of the entry in the manifest, e.g. teacher or supernet_resnet")
+    p.add_argument("--checkpoint", help="training checkpoint (nas.train)")
+    p.add_argument("--out", help="file to write (weights only, no optimizer state)")
+    p.add_argument("--name", help="key of the entry in the manifest, e.g. teacher or supernet_resnet")
     p.add_argument("--manifest", help="manifest.json to update (default: beside --out)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure every entry of --manifest again with today's evaluation protocol, files unchanged")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.remeasure:
+        if not args.manifest or args.checkpoint or args.out:
+            raise UserError("--remeasure takes --manifest only (the manifest whose entries to measure again)")
+        remeasure(Path(args.manifest))
+        return 0
+    missing = [f"--{k}" for k in ("checkpoint", "out", "name") if not getattr(args, k)]
+    if missing:
+        raise UserError(f"{', '.join(missing)} required (or --remeasure --manifest FILE)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     entry = publish(Path(args.checkpoint), out, args.name, Path(args.manifest) if args.manifest else out.parent / "manifest.json")

@@ -13,6 +13,7 @@ from nas import apply as apply_cli
 from nas import export as export_cli
 from nas import train
 from nas.checkpoint import load_generator
+from nas.data import SR4X_SPLIT
 from spaces import UserError
 
 
@@ -107,6 +108,19 @@ def test_publish_writes_slim_files_and_a_manifest(tmp_path, trained):
     assert (tmp_path / "supernet.pth").stat().st_size < supernet_path.stat().st_size  # no optimizer state
     supernet, _ = train.load_supernet(tmp_path / "supernet.pth")
     assert load_generator(tmp_path / "teacher.pth").meta["task"] == "sr4x"
+    assert set(entry["metrics"]["test"]["per_image"]) == set(SR4X_SPLIT["test"])  # whole photos, each reported
+    assert "share" in manifest["supernet"]["metrics"]["max"]["test"]
+    # --remeasure measures the entries again in place (as after a change of protocol); files are untouched
+    manifest["supernet"]["teacher"] = "teacher.pth"  # as shipped: supernets distilled from the published teacher
+    manifest["teacher"]["metrics"] = {"val": {"psnr": 0.0}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    publish.main(["--remeasure", "--manifest", str(tmp_path / "manifest.json")])
+    again = json.loads((tmp_path / "manifest.json").read_text())
+    assert again["teacher"]["metrics"]["test"]["psnr"] == pytest.approx(entry["metrics"]["test"]["psnr"])
+    assert again["teacher"]["sha256"] == entry["sha256"] and again["teacher"]["protocol"] == publish.PROTOCOL
+    (tmp_path / "teacher.pth").write_bytes(b"changed")
+    with pytest.raises(UserError, match="does not match the sha256 of manifest entry 'teacher'"):
+        publish.main(["--remeasure", "--manifest", str(tmp_path / "manifest.json")])
 
 
 def test_finetuning_uses_the_supernet_distillation_layers(tmp_path, trained):
