@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--family", default="resnet")
     p.add_argument("--fraction", type=int, default=10)
     p.add_argument("--steps", type=int, nargs="+", default=[0, 250, 500, 1000, 2000])
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (nas.export's default: 1e-4)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     weights = Path(args.weights)
@@ -44,19 +45,20 @@ def main() -> None:
     config, macs = pick_subnet(supernet, task, target, ref)
     print(f"{args.family} 1/{args.fraction}: {supernet.space.encode(config)}  {macs / 1e9:.3f}G MACs; teacher val PSNR "
           f"{ref.teacher.psnr:.3f}, bicubic {ref.baseline.psnr:.3f}")
+    print(f"fine-tuning learning rate {args.lr:g}, cosine decay")
     print(f"{'steps':>6}{'val PSNR':>10}{'share':>8}{'seconds':>9}")
     rows = []
     for steps in args.steps:
         began = time.perf_counter()
         student = supernet.extract(config)
         if steps:
-            student = finetune_subnet(student, record, teacher.module, task, steps=steps, progress=False)
+            student = finetune_subnet(student, record, teacher.module, task, steps=steps, lr=args.lr, progress=False)
         seconds = time.perf_counter() - began
         quality = evaluate_on(student, val, ref)
         rows.append({"steps": steps, "val_psnr": quality.psnr, "share": quality.share, "seconds": seconds})
         print(f"{steps:>6}{quality.psnr:>10.3f}{100 * quality.share:>7.1f}%{seconds:>9.1f}", flush=True)
     if args.json:
-        atomic_write_text(args.json, json.dumps({"family": args.family, "fraction": args.fraction,
+        atomic_write_text(args.json, json.dumps({"family": args.family, "lr": args.lr, "fraction": args.fraction,
                                                  "config": supernet.space.encode(config), "macs": macs,
                                                  "rows": rows}, indent=2) + "\n")
 

@@ -2,7 +2,8 @@
 
     python bench/ofa_levers.py [--levers base distill1.0 ...] [--out runs/levers] [--evaluate-only]
 
-Each lever is the shipped resnet supernet's training command with one change (the table below).
+Each lever is the shipped resnet supernet's training command with one change (``LEVERS``); ``base``
+is the shipped supernet itself unless ``--retrain-base``.
 Runs that are missing are trained (resumed where a checkpoint is there: long runs can be stopped
 and continued); then, for each, the 1/10 subnet chosen on the base supernet (the same architecture
 for every lever) is measured on the val split (whole photos) with inherited weights and after the
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from evaluators.quality import evaluate_on, reference
-from nas.checkpoint import load_generator
+from nas.checkpoint import load_generator, safe_load
 from nas.data import load_task
 from nas.export import finetune_subnet
 from nas.files import atomic_write_text
@@ -38,18 +39,25 @@ LEVERS = {
     "distill1.0": ["--distill-weight", "1.0"],  # distillation weight
     "layers6": ["--distill-layers", "6"],  # distillation layers: every trunk block instead of 3
     "lr1e-3": ["--lr", "0.001"],  # learning rate
+    "no-max": ["--sandwich", "min,random,random,random"],  # sandwich schedule: the largest subnet's steps go to random ones
 }
+SHIPPED_BASE = Path("weights/sr4x/supernet_resnet.pth")
 
 
-def train_lever(name: str, out: Path) -> None:
-    """Train (or resume) one lever's supernet into ``out/name`` with the command of the README."""
+def train_lever(name: str, out: Path) -> Path:
+    """Train (or resume) one lever's supernet into ``out/name``; returns its checkpoint."""
     folder = out / name
+    checkpoint = folder / "checkpoint.pth"
     argv = [*BASE, *LEVERS[name], "--out", str(folder)]
-    if (folder / "checkpoint.pth").exists():
+    if checkpoint.exists():
+        record = safe_load(checkpoint)
+        if record["step"] >= record["args"]["steps"]:
+            return checkpoint
         argv.append("--resume")
     print("python -m nas.train " + " ".join(argv), flush=True)
     subprocess.run([sys.executable, "-m", "nas.train", *argv], check=True,
                    env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return checkpoint
 
 
 def main() -> None:
@@ -59,6 +67,9 @@ def main() -> None:
     p.add_argument("--fraction", type=int, default=10)
     p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
     p.add_argument("--evaluate-only", action="store_true", help="measure the runs that are there, train nothing")
+    p.add_argument("--retrain-base", action="store_true",
+                   help=f"train base too (default: {SHIPPED_BASE}, which its command made: training is a function "
+                        "of seed and step)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     out = Path(args.out)
@@ -69,7 +80,9 @@ def main() -> None:
     rows, config = [], None
     for name in levers:
         checkpoint = out / name / "checkpoint.pth"
-        if not args.evaluate_only:
+        if name == "base" and not args.retrain_base:
+            checkpoint = SHIPPED_BASE
+        elif not args.evaluate_only:
             train_lever(name, out)
         if not checkpoint.exists():
             print(f"{name}: no checkpoint at {checkpoint}; skipped")

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluators.macs import parse_macs  # noqa: E402
-from nas.search import SAMPLERS, SearchOptions, run_search  # noqa: E402
+from evaluators.macs import parse_macs
+from nas.search import SAMPLERS, SearchOptions, run_search
 
 
 def hypervolume(points: np.ndarray, reference: tuple[float, float]) -> float:
@@ -50,7 +47,7 @@ def main() -> None:
             for seed in args.seeds:
                 out = run_search(SearchOptions(space=args.space, budget=budget, trials=args.trials, seed=seed,
                                                sampler=sampler, out=str(Path(tmp) / f"{sampler}-{seed}"),
-                                               progress=False), command="bench")
+                                               finetune_steps=0, progress=False), command="bench")
                 runs[sampler].append(pd.read_csv(out / "trials.csv"))
     ok = [t[t["status"] == "ok"] for tables in runs.values() for t in tables]
     q_ref = min(float(t["quality"].min()) for t in ok) - 1e-3

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from nas.train import pick_device
 
     args = build_parser().parse_args(argv)
+    if args.tile < 16:
+        raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
     model = load_model(args.model)
     source, output = Path(args.input), Path(args.output)
     if not source.exists():
@@ -78,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else model_scale(model)
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")
-    if args.tile < 16:
-        raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
     device = pick_device(args.device)
     module = model.module.to(device).eval()
     geo = geometry(module, model.space.spec.in_channels)

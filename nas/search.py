@@ -229,7 +229,7 @@ def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, ou
     teacher_ref = method.reference
     teacher = load_generator(options.teacher)
     teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
-    metric = teacher_ref.teacher.metric if teacher_ref.teacher.psnr is not None else "fidelity_psnr"
+    metric = teacher_ref.teacher.metric
     front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
                          teacher_quality=teacher_ref.teacher.psnr)
     render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "

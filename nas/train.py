@@ -227,14 +227,28 @@ def train_teacher(args: argparse.Namespace) -> Path:
 # -------------------------------------------------------------------------------------- supernet
 
 
-def sandwich_config(space: SearchSpace, seed: int, step: int) -> Config:
-    """Largest, smallest, then two random subnets, in turn (the sandwich rule spread over steps)."""
-    phase = step % 4
-    if phase == 0:
+SANDWICH = ("max", "min", "random", "random")
+SANDWICH_PHASES = ("max", "min", "random")
+
+
+def sandwich_config(space: SearchSpace, seed: int, step: int, schedule: tuple[str, ...] = SANDWICH) -> Config:
+    """The subnet of a step: ``schedule`` cycled over steps; by default the largest, the smallest,
+    then two random subnets, in turn (the sandwich rule spread over steps)."""
+    phase = schedule[step % len(schedule)]
+    if phase == "max":
         return space.max_config()
-    if phase == 1:
+    if phase == "min":
         return space.min_config()
     return space.sample(random.Random(seed * 7_919 + step))
+
+
+def parse_sandwich(text: str) -> tuple[str, ...]:
+    phases = tuple(p.strip() for p in text.split(","))
+    wrong = [p for p in phases if p not in SANDWICH_PHASES]
+    if wrong or not phases:
+        raise UserError(f"--sandwich {text!r}: {', '.join(map(repr, wrong)) or 'nothing'} is not a phase; give a "
+                        f"comma-separated cycle of {', '.join(SANDWICH_PHASES)} (default {','.join(SANDWICH)})")
+    return phases
 
 
 def _trunk_widths(module: nn.Module, in_channels: int, device: torch.device) -> list[int]:
@@ -300,10 +314,15 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
 
 
 def train_supernet(args: argparse.Namespace) -> Path:
+    schedule = parse_sandwich(args.sandwich)
     loop = _make_loop(args)
     saved = _prepare_out(loop, args.resume)
     if saved is not None:
         _check_resume(saved["args"], args, ("space", "teacher", "task", "seed", "batch_size", "crop", "method"))
+        if saved["args"].get("sandwich", ",".join(SANDWICH)) != args.sandwich:
+            raise UserError(f"--resume: {args.out}/checkpoint.pth was trained with --sandwich "
+                            f"{saved['args'].get('sandwich', ','.join(SANDWICH))}, not {args.sandwich}; use the same "
+                            "value or another --out")
     space = load_space(args.space)
     teacher = load_generator(args.teacher)
     if teacher.space.spec.in_channels != space.spec.in_channels or teacher.space.spec.out_channels != space.spec.out_channels:
@@ -347,7 +366,7 @@ def train_supernet(args: argparse.Namespace) -> Path:
     for step in bar:
         began = time.perf_counter()
         _set_lr((opt_g, opt_d), cosine_lr(loop.lr, step, loop.steps))
-        supernet.set_active(sandwich_config(space, loop.seed, step))
+        supernet.set_active(sandwich_config(space, loop.seed, step, schedule))
         x, y = loop.batch(step)
         with autocast(loop.device, loop.amp):
             with torch.no_grad():
@@ -435,6 +454,9 @@ def build_parser() -> Parser:
                         "against the L1 reconstruction")
     s.add_argument("--distill-layers", type=int, default=3, help="teacher trunk blocks to distil from")
     s.add_argument("--discriminator", help="PatchGAN state dict to start from (default: the teacher checkpoint's)")
+    s.add_argument("--sandwich", default=",".join(SANDWICH),
+                   help=f"the cycle of subnets trained, one per step, from {', '.join(SANDWICH_PHASES)} "
+                        f"(default {','.join(SANDWICH)}: the sandwich rule)")
     _add_common(s, 4000)
     return parser
 

@@ -74,6 +74,12 @@ def test_bad_space_file_reports_file_and_line(tmp_path, root):
     ("nas.export", ["--supernet", "/nonexistent.pth", "--config", "max", "--out", "/tmp/x"], "not found"),
     ("nas.apply", ["--model", "/nonexistent", "--input", ".", "--output", "/tmp/x"], "not found"),
     ("nas.publish", ["--checkpoint", "/nonexistent.pth", "--out", "/tmp/x.pth", "--name", "t"], "not found"),
+    ("nas.publish", ["--out", "/tmp/x.pth"], "--checkpoint, --name required"),
+    ("nas.publish", ["--remeasure", "--manifest", "/nonexistent.json"], "manifest /nonexistent.json not found"),
+    ("nas.train", ["supernet", "--out", "/tmp/x", "--teacher", "t.pth", "--sandwich", "max,all"], "'all' is not a phase"),
+    ("nas.apply", ["--model", "weights/sr4x/teacher.pth", "--input", ".", "--output", "/tmp/x", "--tile", "8"],
+     "--tile must be at least 16"),
+    ("nas.search", ["--budget", "1G", "--finetune-steps", "-1"], "--finetune-steps must be at least 0"),
 ])
 def test_other_commands_fail_in_one_line(module, args, message):
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)

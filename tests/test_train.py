@@ -92,6 +92,12 @@ def test_sandwich_rule_visits_largest_and_smallest():
     configs = [space.encode(train.sandwich_config(space, 0, step)) for step in range(8)]
     assert configs[0] == configs[4] == space.encode(space.max_config())
     assert configs[1] == configs[5] == space.encode(space.min_config())
+    # another cycle: no largest subnet, and only random ones after the smallest
+    schedule = train.parse_sandwich("min,random,random")
+    configs = [space.encode(train.sandwich_config(space, 0, step, schedule)) for step in range(6)]
+    assert configs[0] == configs[3] == space.encode(space.min_config()) and space.encode(space.max_config()) not in configs
+    with pytest.raises(UserError, match="'biggest' is not a phase"):
+        train.parse_sandwich("max,biggest")
 
 
 def test_supernet_on_unpaired_data_distils_teacher_outputs(tmp_path, teacher):
