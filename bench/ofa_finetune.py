@@ -20,7 +20,7 @@ from evaluators.quality import evaluate_on, reference
 from nas.checkpoint import load_generator
 from nas.data import load_task
 from nas.files import atomic_write_text
-from nas.export import finetune_subnet
+from nas.export import FINETUNE_LR, finetune_subnet
 from nas.train import load_supernet
 from ofa_sr4x import pick_subnet
 
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--family", default="resnet")
     p.add_argument("--fraction", type=int, default=10)
     p.add_argument("--steps", type=int, nargs="+", default=[0, 250, 500, 1000, 2000])
-    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (nas.export's default: 1e-4)")
+    p.add_argument("--lr", type=float, default=FINETUNE_LR, help=f"fine-tuning learning rate (default {FINETUNE_LR:g})")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args()
     weights = Path(args.weights)

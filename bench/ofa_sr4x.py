@@ -69,14 +69,19 @@ def pick_subnet(supernet, task: Task, target_macs: float, ref: Reference, candid
 
 def train_from_scratch(space_file: str, config: str, steps: int, seed: int, out: Path) -> tuple[torch.nn.Module, str]:
     """The subnet trained alone by the project's own teacher trainer (L1 to ground truth, no teacher)
-    into ``out`` (replaced); returns the model and the command that trains it."""
-    shutil.rmtree(out, ignore_errors=True)
+    into ``out``; returns the model and the command that trains it. A finished run of the same
+    command there is reused (anything else there is replaced)."""
     argv = ["teacher", "--space", space_file, "--config", config, "--task", "sr4x", "--out", str(out),
             "--steps", str(steps), "--batch-size", "16", "--crop", "64", "--lr", "0.0004", "--seed", str(seed),
             "--eval-every", str(steps), "--checkpoint-every", str(steps), "--device", "cpu"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        train.main([*argv, "--no-progress"])
-    return load_generator(out / "checkpoint.pth").module.eval(), "python -m nas.train " + " ".join(argv)
+    command = "python -m nas.train " + " ".join(argv)
+    done = out / "command.txt"
+    if not (done.is_file() and done.read_text() == command and (out / "checkpoint.pth").is_file()):
+        shutil.rmtree(out, ignore_errors=True)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.main([*argv, "--no-progress"])
+        atomic_write_text(done, command)
+    return load_generator(out / "checkpoint.pth").module.eval(), command
 
 
 def pillow_test_set(task: Task) -> EvalSet:

@@ -16,7 +16,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from evaluators.quality import Quality
+from evaluators.latency import median_latency_ms
+from evaluators.quality import Quality, evaluate_on, reference
+from nas.checkpoint import load_generator
+from nas.data import load_task
 from spaces.errors import UserError
 from spaces.modules import Cost
 from spaces.space import Choice, SearchSpace
@@ -65,18 +68,12 @@ class SearchMethod(ABC):
     def load(self) -> None:
         """Load what evaluations need (weights, validation data); called once per worker, and on the
         driver before the best candidate is exported. Here: the val split and the teacher's reference."""
-        from evaluators.quality import reference
-        from nas.checkpoint import load_generator
-        from nas.data import load_task
-
         self.val = load_task(self.context.task).eval_set("val")
         teacher = load_generator(self.context.teacher).module.to(self.context.device)
         self.reference = reference(teacher, self.val, self.context.device)
 
     def judge(self, module: torch.nn.Module) -> Quality:
         """Quality of a student on the val split, against the teacher's reference (after ``load``)."""
-        from evaluators.quality import evaluate_on
-
         return evaluate_on(module, self.val, self.reference, device=self.context.device)
 
     @abstractmethod
@@ -130,8 +127,6 @@ class OfaMethod(SearchMethod):
         self.supernet.to(self.context.device)
 
     def evaluate(self, params: dict[str, Any]) -> dict[str, Any]:
-        from evaluators.latency import median_latency_ms
-
         if self.supernet is None:
             self.load()
         config = self._space.validate(params)
