@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,11 +35,13 @@ def ssim(output: torch.Tensor, reference: torch.Tensor) -> float:
     return float(structural_similarity_index_measure(_unit(output), _unit(reference), data_range=1.0))
 
 
+# How quality is measured; results of another protocol are not comparable (a search refuses to resume them).
+PROTOCOL = "whole images of the split; share of the teacher's gain over bicubic"
 # Below this gain of the teacher over the baseline (dB, mean over a split) a share would be mostly noise.
 MIN_TEACHER_GAIN_DB = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EvalSet:
     """Whole images of one split. ``targets`` is None without ground truth (the teacher's outputs
     stand in); ``baseline`` names what the inputs themselves are where they are a zero-MACs answer
@@ -90,8 +93,14 @@ class Quality:
         """The one number a search maximises (higher is better); ``metric`` says which it is."""
         return getattr(self, self.metric)
 
-    def as_dict(self) -> dict[str, float | None]:
-        return {"psnr": self.psnr, "ssim": self.ssim, "fidelity_psnr": self.fidelity_psnr, "share": self.share}
+    def as_dict(self, *, per_image: bool = False) -> dict[str, Any]:
+        means = {"psnr": self.psnr, "ssim": self.ssim, "fidelity_psnr": self.fidelity_psnr, "share": self.share}
+        return {**means, "per_image": self.per_image} if per_image else means
+
+
+def format_share(share: float | None) -> str:
+    """A share as a percentage; "n/a" where it is undefined (None, or NaN read back from a table)."""
+    return "n/a" if share is None or share != share else f"{100 * float(share):.0f}%"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -101,12 +110,12 @@ def _mean(values: list[float]) -> float | None:
 @torch.no_grad()
 def generate(model: nn.Module, inputs: Sequence[torch.Tensor], device: torch.device | str = "cpu", *,
              tile: int | None = None) -> list[torch.Tensor]:
-    """Outputs of ``model`` (eval mode) for whole images of any size, one at a time, on the CPU
-    (through the one tiler that ``nas.apply`` uses)."""
+    """Outputs of ``model`` (eval mode, moved to ``device``) for whole images of any size, one at a
+    time, through the one tiler that ``nas.apply`` uses; returned on the CPU."""
     if not inputs:
         return []
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     try:
         geo = geometry(model, inputs[0].shape[0])
         return [run_image(model, x, tile=tile, geo=geo, device=device) for x in inputs]

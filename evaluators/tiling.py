@@ -37,11 +37,11 @@ def geometry(module: nn.Module, channels: int) -> Geometry:
     twice), so it can only over-estimate: ``(k - 1) * dilation / 2`` input pixels of each conv,
     times that input's pixel size in image pixels.
     """
-    records: list[tuple[int, int, int]] = []  # (kernel extent, input height)
+    records: list[tuple[int, int]] = []  # (kernel extent, input height)
 
     def hook(layer, inputs, _output):
         extent = max((k - 1) * d for k, d in zip(layer.kernel_size, layer.dilation))
-        records.append((extent, inputs[0].shape[-2], inputs[0].shape[-1]))
+        records.append((extent, inputs[0].shape[-2]))
 
     handles = [m.register_forward_hook(hook) for m in module.modules()
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -55,8 +55,8 @@ def geometry(module: nn.Module, channels: int) -> Geometry:
         module.train(was_training)
         for handle in handles:
             handle.remove()
-    multiple = max((PROBE_SIZE // h for _, h, _ in records), default=1)
-    radius = sum(extent / 2 * PROBE_SIZE / h for extent, h, _ in records)
+    multiple = max((PROBE_SIZE // h for _, h in records), default=1)
+    radius = sum(extent / 2 * PROBE_SIZE / h for extent, h in records)
     halo = math.ceil((radius + multiple) / multiple) * multiple
     tileable = not any(isinstance(m, _GLOBAL_NORMS) or "InstanceNorm" in type(m).__name__ for m in module.modules())
     return Geometry(multiple=multiple, halo=halo, tileable=tileable)
@@ -76,9 +76,9 @@ def _spans(length: int, tile: int, halo: int, multiple: int) -> list[tuple[int, 
     spans = []
     for start in range(0, length, tile):
         end = min(start + tile, length)
+        # start, end, halo and length are multiples of ``multiple``: every read origin lies on the stride grid
         read_start = max(0, start - halo)
         read_end = min(length, end + halo)
-        read_start -= read_start % multiple  # origins on the multiple keep the stride grid aligned
         spans.append((read_start, read_end, start, end))
     return spans
 

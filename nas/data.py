@@ -147,7 +147,10 @@ def photo(name: str) -> np.ndarray:
         if spec is None or spec.origin is None:
             raise UserError(f"the sr4x photo {name} ships with the package {package}, which is not installed; "
                             f"install the project's dependencies (pip install -e .)")
-        with Image.open(Path(spec.origin).parent / file) as image:
+        path = Path(spec.origin).parent / file
+        if not path.is_file():
+            raise UserError(f"the sr4x photo {name} should be {path}, which is missing; reinstall {package}")
+        with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     import skimage.data
 

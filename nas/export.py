@@ -17,13 +17,11 @@ from torch import nn
 from nas.checkpoint import load_generator, save_generator
 from nas.files import atomic_write, atomic_write_text
 from nas.cli import Parser, run
-from nas.data import Task
+from nas.data import Task, check_crop, load_task
+from nas.train import FINETUNE_LR, finetune, load_supernet, pick_device
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace
 
-# Fine-tuning an extracted subnet: the supernet's learning rate, which kept improving the student
-# where 1e-4 had levelled off (bench/ofa_finetune.py, numbers in the README).
-FINETUNE_LR = 4e-4
 TORCHSCRIPT_TOLERANCE = 1e-5
 ONNX_TOLERANCE = 1e-4
 CHECK_SHAPES = ((1, 64, 64), (2, 96, 128))
@@ -109,9 +107,6 @@ def export_subnet(supernet_path: str | Path, config: str | Config, out: Path, *,
                   progress: bool = True) -> dict[str, Any]:
     """A subnet of a trained supernet, optionally fine-tuned with the supernet's distillation loss
     (GAN Compression's last step), written by ``export_generator``; returns its report."""
-    from nas.data import check_crop, load_task
-    from nas.train import load_supernet
-
     supernet, record = load_supernet(supernet_path)
     space = supernet.space
     config = space.decode(config) if isinstance(config, str) else space.validate(config)
@@ -133,8 +128,6 @@ def finetune_subnet(student: nn.Module, record: dict[str, Any], teacher: nn.Modu
                     device: torch.device | str = "cpu", progress: bool = True) -> nn.Module:
     """An extracted subnet fine-tuned with the distillation loss of the supernet it came from
     (``record``: its checkpoint), starting from the supernet's 1x1 mappers, so that they fit."""
-    from nas.train import finetune
-
     trained_with = record.get("args", {})
     loss = {k: trained_with[k] for k in ("distill_weight", "distill_layers") if k in trained_with}
     return finetune(student, teacher, task, steps=steps, batch_size=batch_size, crop=crop, lr=lr, seed=seed,
@@ -142,8 +135,6 @@ def finetune_subnet(student: nn.Module, record: dict[str, Any], teacher: nn.Modu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas.train import pick_device
-
     args = build_parser().parse_args(argv)
     if args.finetune_steps < 0:
         raise UserError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")

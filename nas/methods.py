@@ -66,22 +66,29 @@ class SearchMethod(ABC):
         """The candidate's config string (the ``config`` column)."""
 
     def load(self) -> None:
-        """Load what evaluations need (weights, validation data); called once per worker, and on the
-        driver before the best candidate is exported. Here: the val split and the teacher's reference."""
+        """Load what evaluations need (weights, validation data); called once per worker. Here: the
+        val split and the teacher's reference."""
+        self.load_reference(self.context.device)
+
+    def load_reference(self, device: str, *, teacher: torch.nn.Module | None = None) -> None:
+        """The val split and the teacher's reference on it, on ``device`` (the driver calls this alone,
+        before it judges the exported best student)."""
         self.val = load_task(self.context.task).eval_set("val")
-        teacher = load_generator(self.context.teacher).module.to(self.context.device)
-        self.reference = reference(teacher, self.val, self.context.device)
+        teacher = teacher if teacher is not None else load_generator(self.context.teacher).module
+        self.reference = reference(teacher, self.val, device)
+        self._judge_device = device
 
     def judge(self, module: torch.nn.Module) -> Quality:
-        """Quality of a student on the val split, against the teacher's reference (after ``load``)."""
-        return evaluate_on(module, self.val, self.reference, device=self.context.device)
+        """Quality of a student on the val split, against the teacher's reference (after ``load_reference``)."""
+        return evaluate_on(module, self.val, self.reference, device=self._judge_device)
 
     @abstractmethod
     def evaluate(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Metrics of one candidate: quality (higher is better), psnr, ssim, fidelity_psnr, latency_ms."""
+        """Metrics of one candidate: quality (higher is better), quality_metric (which metric quality is),
+        psnr, ssim, fidelity_psnr, share (of the teacher's gain over bicubic), latency_ms."""
 
     @abstractmethod
-    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0,
+    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0, device: str = "cpu",
                progress: bool = False) -> dict[str, Any]:
         """Write the candidate as a standalone student (nas.export's forms) to ``out``, fine-tuned
         by distillation for ``finetune_steps`` first."""
@@ -137,13 +144,13 @@ class OfaMethod(SearchMethod):
         return {"quality": quality.score, "quality_metric": quality.metric, **quality.as_dict(),
                 "latency_ms": latency}
 
-    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0,
+    def export(self, params: dict[str, Any], out: Path, *, finetune_steps: int = 0, device: str = "cpu",
                progress: bool = False) -> dict[str, Any]:
         from nas.export import export_subnet
 
         return export_subnet(self.context.supernet, self._space.validate(params), out, finetune_steps=finetune_steps,
                              task=self.context.task, teacher=self.context.teacher, seed=self.context.seed,
-                             device=self.context.device, progress=progress)
+                             device=device, progress=progress)
 
 
 METHODS: dict[str, type[SearchMethod]] = {"ofa": OfaMethod}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evaluators.quality import format_share
 from nas.files import atomic_write
 
 
@@ -53,7 +54,7 @@ def render_html(front: ParetoFront, path: str | Path, *, title: str, quality_lab
              "latency %{customdata[2]:.1f} ms<extra></extra>")
 
     def customdata(rows: pd.DataFrame):
-        shares = rows["share"].map(lambda v: "n/a" if v is None or v != v else f"{100 * float(v):.0f}%")
+        shares = rows.get("share", pd.Series(None, index=rows.index, dtype=object)).map(format_share)
         return rows[["config", "params", "latency_ms"]].fillna(0).assign(share=shares).values
 
     fig = go.Figure()

@@ -15,17 +15,13 @@ from typing import Any
 
 import torch
 
-from evaluators.quality import Quality, Reference, evaluate_on, reference
+from evaluators.quality import PROTOCOL, Quality, Reference, evaluate_on, reference
 from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
 from nas.files import atomic_write_text
 from spaces.errors import UserError
 from spaces.supernet import Supernet
-
-
-# How the metrics of an entry were measured; entries of an older protocol are measured again with --remeasure.
-PROTOCOL = "whole images of the split; share of the teacher's gain over bicubic"
 
 
 def training_command(what: str, args: dict[str, Any]) -> str:
@@ -43,10 +39,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _judged(quality: Quality) -> dict[str, Any]:
-    return {**quality.as_dict(), "per_image": quality.per_image}
-
-
 def _references(teacher: torch.nn.Module, task: Task) -> dict[str, Reference]:
     return {split: reference(teacher, task.eval_set(split)) for split in ("val", "test")}
 
@@ -57,7 +49,7 @@ def measure_teacher(teacher: LoadedGenerator, task: Task) -> dict[str, Any]:
     refs = _references(teacher.module, task)
     return {"config": teacher.space.encode(teacher.config), "space": teacher.space.name,
             "macs": {"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, "params": cost.params,
-            "protocol": PROTOCOL, "metrics": {s: _judged(r.teacher) for s, r in refs.items()},
+            "protocol": PROTOCOL, "metrics": {s: r.teacher.as_dict(per_image=True) for s, r in refs.items()},
             "bicubic_psnr": {s: r.baseline.psnr if r.baseline else None for s, r in refs.items()},
             "teacher_gain_db": {s: r.teacher_gain for s, r in refs.items()}}
 
@@ -70,27 +62,46 @@ def measure_supernet(supernet: Supernet, teacher: torch.nn.Module, task: Task) -
     for label, config in (("max", space.max_config()), ("min", space.min_config())):
         sub = supernet.extract(config)
         metrics[label] = {"config": space.encode(config), "macs_torchprofile": space.macs(config),
-                          **{s: _judged(evaluate_on(sub, r.eval_set, r)) for s, r in refs.items()}}
+                          **{s: evaluate_on(sub, r.eval_set, r).as_dict(per_image=True) for s, r in refs.items()}}
     return {"space": space.name, "protocol": PROTOCOL, "metrics": metrics}
+
+
+def _read_manifest(manifest: Path) -> dict[str, Any]:
+    if not manifest.is_file():
+        raise UserError(f"manifest {manifest} not found")
+    try:
+        entries = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"manifest {manifest} is not valid JSON ({exc.__class__.__name__}); fix or remove it") from None
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise UserError(f"manifest {manifest} is not an object of entries; fix or remove it")
+    return entries
 
 
 def remeasure(manifest: Path) -> dict[str, Any]:
     """Measure every entry of ``manifest`` again with today's evaluation protocol (the files are unchanged)."""
     from nas.train import load_supernet
 
-    if not manifest.is_file():
-        raise UserError(f"--remeasure: manifest {manifest} not found")
-    entries = json.loads(manifest.read_text())
+    entries = _read_manifest(manifest)
     for name, entry in entries.items():
+        missing = [k for k in ("kind", "file", "sha256", "task") if k not in entry]
+        if missing or entry["kind"] not in ("teacher", "supernet"):
+            raise UserError(f"--remeasure: entry {name!r} of {manifest} is not a teacher or supernet entry of "
+                            f"nas.publish (missing {', '.join(missing) or 'a known kind'})")
         path = manifest.parent / entry["file"]
-        if sha256(path) != entry["sha256"]:
-            raise UserError(f"{path} does not match the sha256 of manifest entry {name!r}; publish it again instead")
+        if not path.is_file() or sha256(path) != entry["sha256"]:
+            raise UserError(f"{path} {'does not match' if path.is_file() else 'is missing; it should match'} the "
+                            f"sha256 of manifest entry {name!r}; publish it again instead")
         task = load_task(entry["task"])
         if entry["kind"] == "teacher":
             entry.update(measure_teacher(load_generator(path), task))
         else:
+            teacher = manifest.parent / entry.get("teacher", "")
+            if not teacher.is_file():
+                raise UserError(f"--remeasure: supernet entry {name!r} was distilled from {entry.get('teacher')!r}, "
+                                f"which is not beside {manifest}; publish that teacher there first")
             supernet, _ = load_supernet(path)
-            entry.update(measure_supernet(supernet, load_generator(manifest.parent / entry["teacher"]).module, task))
+            entry.update(measure_supernet(supernet, load_generator(teacher).module, task))
         entry.update(split=task.notes.get("split", ""))
         print(f"remeasured {name}", flush=True)
     atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")
@@ -98,6 +109,10 @@ def remeasure(manifest: Path) -> dict[str, Any]:
 
 
 def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str, Any]:
+    if out.resolve() == checkpoint.resolve():
+        raise UserError(f"--out {out} is the training checkpoint itself; write the slim file elsewhere so that the "
+                        "checkpoint can still resume")
+    entries = _read_manifest(manifest) if manifest.exists() else {}  # before anything is written
     record = safe_load(checkpoint)
     if not isinstance(record, dict) or record.get("kind") not in ("teacher", "supernet"):
         raise UserError(f"{checkpoint} is not a training checkpoint of nas.train (teacher or supernet)")
@@ -122,7 +137,6 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
         entry.update(teacher=Path(record["teacher"]).name,
                      **measure_supernet(supernet, load_generator(record["teacher"]).module, task))
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
-    entries = json.loads(manifest.read_text()) if manifest.exists() else {}
     entries[name] = entry
     atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")
     return entry
@@ -142,7 +156,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.remeasure:
-        if not args.manifest or args.checkpoint or args.out:
+        if not args.manifest or args.checkpoint or args.out or args.name:
             raise UserError("--remeasure takes --manifest only (the manifest whose entries to measure again)")
         remeasure(Path(args.manifest))
         return 0

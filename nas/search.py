@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evaluators.macs import format_macs, parse_macs
+from evaluators.quality import PROTOCOL, format_share
 from nas.cli import Parser, run
 from nas.files import atomic_write_text
 from nas.methods import SearchContext, SearchMethod, get_method
@@ -182,8 +185,14 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     run_file = out / "run.json"
     info: dict[str, Any] = json.loads(run_file.read_text()) if resume else {
         "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": asdict(options),
-        "versions": _versions(), "space": method.space.name, "resumes": [], "rejected": 0,
+        "versions": _versions(), "space": method.space.name, "resumes": [], "rejected": 0, "protocol": PROTOCOL,
     }
+    if resume:
+        if info.get("protocol") != PROTOCOL:
+            before = info.get("protocol") or "256x256 centre crops"
+            raise UserError(f"--resume: {out} was evaluated with another protocol ({before}) than today's "
+                            f"({PROTOCOL}); its rows cannot share a front: start a new search")
+        info["options"] = asdict(options)  # what this run does (a resume may change --trials, --finetune-steps)
     table = ResultsTable(out / "trials.csv")
     storage = f"sqlite:///{out / 'optuna.db'}"
     if resume:
@@ -215,19 +224,17 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
 QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)"}
 
 
-def _percent(share: float | None) -> str:
-    return "n/a" if share is None or share != share else f"{100 * share:.0f}%"
-
-
 def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
     """Pareto front into pareto.html, and the best feasible student exported (fine-tuned) into best/."""
     from nas.checkpoint import load_generator
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
-    method.load()  # the val split and the teacher's reference, here on the driver
-    teacher_ref = method.reference
+    # The driver (a cluster's head node) may have no GPU even when trials use them.
+    device = "cuda" if options.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
     teacher = load_generator(options.teacher)
+    method.load_reference(device, teacher=teacher.module)
+    teacher_ref = method.reference
     teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
     metric = teacher_ref.teacher.metric
     front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
@@ -250,7 +257,7 @@ def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, ou
                     f.unlink()
             began = time.perf_counter()
             method.export(method.space.decode(row["config"]), best_dir, finetune_steps=options.finetune_steps,
-                          progress=options.progress)
+                          device=device, progress=options.progress)
             best["export_seconds"] = round(time.perf_counter() - began, 1)
         tuned = method.judge(load_generator(best_dir / "model.pth").module)
         best["finetuned"] = {"steps": options.finetune_steps, "quality": tuned.score, **tuned.as_dict()}
@@ -286,14 +293,14 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
           "inherited weights):")
     print(f"  {'MACs':>8}  {'quality':>8}  {'share':>6}  {'params':>9}  {'latency':>9}  feasible  config")
     for _, r in rows.iterrows():
-        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {_percent(_number(r['share'])):>6}  "
+        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {format_share(r['share']):>6}  "
               f"{int(r['params']):>9,}  {float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
     best = info.get("best")
     if best:
         inherited, tuned = best["inherited"], best["finetuned"]
         print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality inherited "
-              f"{inherited['quality']:.3f} (share {_percent(inherited['share'])}) -> fine-tuned {tuned['steps']} steps "
-              f"{tuned['quality']:.3f} (share {_percent(tuned['share'])})")
+              f"{inherited['quality']:.3f} (share {format_share(inherited['share'])}) -> fine-tuned {tuned['steps']} steps "
+              f"{tuned['quality']:.3f} (share {format_share(tuned['share'])})")
     print(f"files: {out / 'trials.csv'}, {out / 'pareto.html'}, {out / 'run.json'}, {out / 'optuna.db'}"
           + (f", {out / 'best'}/" if best else ""))
 
@@ -309,7 +316,7 @@ def build_parser() -> Parser:
     p.add_argument("--task", default="sr4x", help="sr4x (embedded) or a data folder")
     p.add_argument("--teacher", help="teacher checkpoint (default: the shipped sr4x teacher)")
     p.add_argument("--supernet", help="supernet checkpoint for --method ofa (default: the shipped one)")
-    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--trials", type=int, help="trials to run in all (default 40; with --resume: as stored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/<space>-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
@@ -319,9 +326,9 @@ def build_parser() -> Parser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial before it is recorded")
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS,
+    p.add_argument("--finetune-steps", type=int,
                    help=f"distillation steps for the exported best student (default {FINETUNE_STEPS}; 0: inherited "
-                        "weights as they are)")
+                        "weights as they are; with --resume: as stored)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -337,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--resume: {args.out} holds no search (no run.json); start it without --resume")
         stored = json.loads(run_file.read_text())["options"]
         stored = {k: v for k, v in stored.items() if k in {f.name for f in fields(SearchOptions)}}
-        options = SearchOptions(**{**stored, "address": args.address, "progress": not args.no_progress,
-                                   "trials": args.trials if "--trials" in (argv or sys.argv) else stored["trials"]})
+        given = {k: v for k, v in (("trials", args.trials), ("finetune_steps", args.finetune_steps)) if v is not None}
+        options = SearchOptions(**{**stored, "address": args.address, "progress": not args.no_progress, **given})
         run_search(options, resume=True, command=command)
         return 0
     if not args.budget:
@@ -348,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         raise UserError(f"--budget: {exc}") from None
     options = SearchOptions(space=args.space, budget=budget, method=args.method, task=args.task, teacher=args.teacher,
-                            supernet=args.supernet, trials=args.trials, seed=args.seed, out=args.out or "",
+                            supernet=args.supernet, trials=40 if args.trials is None else args.trials, seed=args.seed, out=args.out or "",
                             sampler=args.sampler, macs_convention=args.macs_convention, address=args.address,
                             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                            max_failures=args.max_failures, finetune_steps=args.finetune_steps,
+                            max_failures=args.max_failures,
+                            finetune_steps=FINETUNE_STEPS if args.finetune_steps is None else args.finetune_steps,
                             progress=not args.no_progress)
     run_search(options, command=command)
     return 0

@@ -238,3 +238,16 @@ def test_losing_a_worker_node_loses_no_trial(tmp_path, tiny_models):
         assert (table["status"] == "ok").all(), table.loc[table["status"] != "ok", ["trial_id", "error"]].to_string()
     finally:
         cluster.shutdown()
+
+
+def test_resume_refuses_a_run_measured_with_another_protocol(tmp_path, tiny_models):
+    """Rows measured on centre crops (before whole images) cannot share a front with new ones."""
+    teacher, supernet = tiny_models
+    out = tmp_path / "run"
+    out.mkdir()
+    old_options = {"space": SPACE, "budget": 30_000_000, "teacher": str(teacher), "supernet": str(supernet),
+                   "out": str(out), "extra": {}}  # as an older version wrote them ("extra" is gone)
+    (out / "run.json").write_text(json.dumps({"options": old_options, "resumes": [], "rejected": 0}))
+    done = run([sys.executable, "-m", "nas.search", "--out", str(out), "--resume", "--no-progress"])
+    assert done.returncode == 2 and "another protocol (256x256 centre crops)" in done.stderr
+    assert "Traceback" not in done.stderr and not (out / "trials.csv").exists()
