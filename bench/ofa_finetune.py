@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-from evaluators.quality import evaluate_on, reference
+from evaluators.quality import MIN_TEACHER_GAIN_DB, evaluate_on, format_share, reference
 from nas.checkpoint import load_generator
 from nas.data import load_task
 from nas.files import atomic_write_text
@@ -40,9 +41,11 @@ def main() -> None:
     val = task.eval_set("val")
     teacher = load_generator(weights / manifest["teacher"]["file"])
     ref = reference(teacher.module, val)
+    if ref.teacher_gain is None or ref.teacher_gain < MIN_TEACHER_GAIN_DB:
+        sys.exit(f"the teacher is not {MIN_TEACHER_GAIN_DB} dB above bicubic on val: no share can rank students")
     supernet, record = load_supernet(weights / manifest[f"supernet_{args.family}"]["file"])
     target = teacher.space.macs(teacher.config) / args.fraction
-    config, macs = pick_subnet(supernet, task, target, ref)
+    config, macs = pick_subnet(supernet, target, ref)
     print(f"{args.family} 1/{args.fraction}: {supernet.space.encode(config)}  {macs / 1e9:.3f}G MACs; teacher val PSNR "
           f"{ref.teacher.psnr:.3f}, bicubic {ref.baseline.psnr:.3f}")
     print(f"fine-tuning learning rate {args.lr:g}, cosine decay")
@@ -56,7 +59,7 @@ def main() -> None:
         seconds = time.perf_counter() - began
         quality = evaluate_on(student, val, ref)
         rows.append({"steps": steps, "val_psnr": quality.psnr, "share": quality.share, "seconds": seconds})
-        print(f"{steps:>6}{quality.psnr:>10.3f}{100 * quality.share:>7.1f}%{seconds:>9.1f}", flush=True)
+        print(f"{steps:>6}{quality.psnr:>10.3f}{format_share(quality.share):>8}{seconds:>9.1f}", flush=True)
     if args.json:
         atomic_write_text(args.json, json.dumps({"family": args.family, "lr": args.lr, "fraction": args.fraction,
                                                  "config": supernet.space.encode(config), "macs": macs,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from evaluators.quality import evaluate_on, reference
+from evaluators.quality import MIN_TEACHER_GAIN_DB, evaluate_on, format_share, reference
 from nas.checkpoint import load_generator, safe_load
 from nas.data import load_task
 from nas.export import finetune_subnet
@@ -77,6 +77,8 @@ def main() -> None:
     task = load_task("sr4x")
     teacher = load_generator("weights/sr4x/teacher.pth")
     ref = reference(teacher.module, task.eval_set("val"))
+    if ref.teacher_gain is None or ref.teacher_gain < MIN_TEACHER_GAIN_DB:
+        sys.exit(f"the teacher is not {MIN_TEACHER_GAIN_DB} dB above bicubic on val: no share can rank students")
     rows, config = [], None
     for name in levers:
         checkpoint = out / name / "checkpoint.pth"
@@ -94,7 +96,7 @@ def main() -> None:
             continue
         space = supernet.space
         if config is None:  # chosen once, on the base supernet: every lever is measured on one architecture
-            config, _ = pick_subnet(supernet, task, teacher.space.macs(teacher.config) / args.fraction, ref)
+            config, _ = pick_subnet(supernet, teacher.space.macs(teacher.config) / args.fraction, ref)
         largest = evaluate_on(supernet.extract(space.max_config()), ref.eval_set, ref)
         inherited = evaluate_on(supernet.extract(config), ref.eval_set, ref)
         tuned = evaluate_on(finetune_subnet(supernet.extract(config), record, teacher.module, task,
@@ -103,7 +105,7 @@ def main() -> None:
                      "train_seconds": record["train_seconds"], "max_psnr": largest.psnr, "psnr": inherited.psnr,
                      "share": inherited.share, "finetuned_psnr": tuned.psnr, "finetuned_share": tuned.share})
         print(f"{name}: max {largest.psnr:.3f}, 1/{args.fraction} inherited {inherited.psnr:.3f} "
-              f"({100 * inherited.share:.1f}%), fine-tuned {tuned.psnr:.3f} ({100 * tuned.share:.1f}%)", flush=True)
+              f"({format_share(inherited.share)}), fine-tuned {tuned.psnr:.3f} ({format_share(tuned.share)})", flush=True)
     if not rows or rows[0]["lever"] != "base":
         sys.exit("the base run is needed for the deltas")
     base = rows[0]

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from evaluators.latency import latencies
-from evaluators.quality import MIN_TEACHER_GAIN_DB, EvalSet, Quality, Reference, evaluate_on, reference
+from evaluators.quality import MIN_TEACHER_GAIN_DB, EvalSet, Quality, Reference, evaluate_on, format_share, reference
 from nas import train
 from nas.checkpoint import load_generator
 from nas.data import SR_SCALE, Task, load_task, photo, to_tensor, upscale
@@ -48,7 +48,7 @@ from nas.search import FINETUNE_STEPS
 FRACTIONS = (4, 10, 20)
 
 
-def pick_subnet(supernet, task: Task, target_macs: float, ref: Reference, candidates: int = 6, seed: int = 0):
+def pick_subnet(supernet, target_macs: float, ref: Reference, candidates: int = 6, seed: int = 0):
     """Best val PSNR among the largest sampled configs under ``target_macs`` (inherited weights)."""
     space = supernet.space
     rng = random.Random(seed)
@@ -96,14 +96,6 @@ def pillow_test_set(task: Task) -> EvalSet:
     return EvalSet("test (Pillow bicubic)", tuple(task.test.names), tuple(inputs), tuple(targets), baseline="bicubic")
 
 
-def summary(quality: Quality) -> dict:
-    return {**quality.as_dict(), "per_image": quality.per_image}
-
-
-def percent(share: float | None) -> str:
-    return "   n/a" if share is None else f"{100 * share:5.0f}%"
-
-
 def print_per_image(title: str, ref: Reference, students: dict[str, Quality]) -> None:
     names = ref.eval_set.names
     print(f"\n{title}: PSNR per image (share of the teacher's gain in brackets where the teacher gains >= "
@@ -114,8 +106,8 @@ def print_per_image(title: str, ref: Reference, students: dict[str, Quality]) ->
     print(f"{'teacher':<22}" + "".join(f"{ref.teacher.per_image[n]['psnr']:>22.2f}" for n in names)
           + f"{ref.teacher.psnr:>22.2f}")
     for label, q in students.items():
-        cells = [f"{q.per_image[n]['psnr']:.2f} ({percent(q.per_image[n]['share']).strip()})" for n in names]
-        print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{f'{q.psnr:.2f} ({percent(q.share).strip()})':>22}")
+        cells = [f"{q.per_image[n]['psnr']:.2f} ({format_share(q.per_image[n]['share'])})" for n in names]
+        print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{f'{q.psnr:.2f} ({format_share(q.share)})':>22}")
 
 
 def main() -> None:
@@ -150,7 +142,7 @@ def main() -> None:
         scratch_steps = args.scratch_steps or record["step"] + args.finetune_steps
         for fraction in FRACTIONS:
             name = f"{family} 1/{fraction}"
-            config, macs = pick_subnet(supernet, task, t_macs / fraction, val_ref, args.candidates, args.seed)
+            config, macs = pick_subnet(supernet, t_macs / fraction, val_ref, args.candidates, args.seed)
             inherited = supernet.extract(config).eval()
             began = time.perf_counter()
             tuned = finetune_subnet(supernet.extract(config), record, teacher.module, task, steps=args.finetune_steps,
@@ -167,12 +159,12 @@ def main() -> None:
             if fraction == 10:
                 pil_students[f"{name} fine-tuned"] = evaluate_on(tuned, pil_ref.eval_set, pil_ref)
             print(f"  {name}: {macs / 1e9:.3f}G  test PSNR inherited {q['inherited'].psnr:.2f} "
-                  f"({percent(q['inherited'].share).strip()}), fine-tuned {q['finetuned'].psnr:.2f} "
-                  f"({percent(q['finetuned'].share).strip()}, {tune_seconds:.0f} s), from scratch "
-                  f"{q['scratch'].psnr:.2f} ({percent(q['scratch'].share).strip()}, {scratch_steps} steps, "
+                  f"({format_share(q['inherited'].share)}), fine-tuned {q['finetuned'].psnr:.2f} "
+                  f"({format_share(q['finetuned'].share)}, {tune_seconds:.0f} s), from scratch "
+                  f"{q['scratch'].psnr:.2f} ({format_share(q['scratch'].share)}, {scratch_steps} steps, "
                   f"{scratch_seconds:.0f} s)", flush=True)
             rows.append({"subnet": name, "config": supernet.space.encode(config), "macs": macs,
-                         "macs_ratio": t_macs / macs, **{kind: summary(quality) for kind, quality in q.items()},
+                         "macs_ratio": t_macs / macs, **{kind: quality.as_dict(per_image=True) for kind, quality in q.items()},
                          "finetune_steps": args.finetune_steps, "finetune_seconds": tune_seconds,
                          "supernet_steps": record["step"], "scratch_steps": scratch_steps,
                          "scratch_seconds": scratch_seconds, "scratch_command": command})
@@ -184,7 +176,7 @@ def main() -> None:
     for row in rows:
         row["latency_s"] = {n: lat[n][row["subnet"]] for n in args.threads}
         row["speedup"] = {n: lat[n]["teacher"] / lat[n][row["subnet"]] for n in args.threads}
-        cells = [f"{row[k]['psnr']:.2f} ({percent(row[k]['share']).strip()})" for k in ("inherited", "finetuned", "scratch")]
+        cells = [f"{row[k]['psnr']:.2f} ({format_share(row[k]['share'])})" for k in ("inherited", "finetuned", "scratch")]
         points = 100 * (row["finetuned"]["share"] - row["scratch"]["share"])
         print(f"{row['subnet']:<16}{row['macs'] / 1e9:>7.3f}G{row['macs_ratio']:>9.1f}" + "".join(f"{c:>16}" for c in cells)
               + f"{points:>+12.0f}pt" + "".join(f"{row['speedup'][n]:>10.1f}x{row['speedup'][n] / row['macs_ratio']:>7.2f}"
@@ -196,10 +188,10 @@ def main() -> None:
     print_per_image("test split downscaled with Pillow's bicubic", pil_ref, pil_students)
     if args.json:
         atomic_write_text(args.json, json.dumps({
-            "teacher": {"config": teacher.space.encode(teacher.config), "macs": t_macs, "test": summary(test_ref.teacher),
-                        "test_pillow": summary(pil_ref.teacher)},
-            "bicubic": {"test": summary(test_ref.baseline), "test_pillow": summary(pil_ref.baseline)},
-            "pillow_students": {k: summary(v) for k, v in pil_students.items()},
+            "teacher": {"config": teacher.space.encode(teacher.config), "macs": t_macs, "test": test_ref.teacher.as_dict(per_image=True),
+                        "test_pillow": pil_ref.teacher.as_dict(per_image=True)},
+            "bicubic": {"test": test_ref.baseline.as_dict(per_image=True), "test_pillow": pil_ref.baseline.as_dict(per_image=True)},
+            "pillow_students": {k: v.as_dict(per_image=True) for k, v in pil_students.items()},
             "rows": rows}, indent=2) + "\n")
 
 

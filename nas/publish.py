@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from evaluators.quality import PROTOCOL, Quality, Reference, evaluate_on, reference
+from evaluators.quality import PROTOCOL, Reference, evaluate_on, reference
 from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
