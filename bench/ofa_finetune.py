@@ -22,7 +22,7 @@ from nas.checkpoint import load_generator
 from nas.data import load_task
 from nas.files import atomic_write_text
 from nas.export import FINETUNE_LR, finetune_subnet
-from nas.train import load_supernet
+from nas.checkpoint import load_supernet
 from ofa_sr4x import pick_subnet
 
 

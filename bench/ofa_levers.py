@@ -25,8 +25,8 @@ from nas.checkpoint import load_generator, safe_load
 from nas.data import load_task
 from nas.export import finetune_subnet
 from nas.files import atomic_write_text
-from nas.search import FINETUNE_STEPS
-from nas.train import load_supernet
+from nas.checkpoint import load_supernet
+from nas.methods.ofa import FINETUNE_STEPS
 from ofa_sr4x import pick_subnet
 
 BASE = ["supernet", "--space", "spaces/sr4x/resnet.yaml", "--teacher", "weights/sr4x/teacher.pth", "--method", "ofa",

@@ -39,11 +39,11 @@ from PIL import Image
 from evaluators.latency import latencies
 from evaluators.quality import MIN_TEACHER_GAIN_DB, EvalSet, Quality, Reference, evaluate_on, format_share, reference
 from nas import train
-from nas.checkpoint import load_generator
+from nas.checkpoint import load_generator, load_supernet
 from nas.data import SR_SCALE, Task, load_task, photo, to_tensor, upscale
 from nas.export import finetune_subnet
 from nas.files import atomic_write_text
-from nas.search import FINETUNE_STEPS
+from nas.methods.ofa import FINETUNE_STEPS
 
 FRACTIONS = (4, 10, 20)
 
@@ -138,7 +138,7 @@ def main() -> None:
     pil_ref = reference(teacher.module, pillow_test_set(task))
     rows, students, qualities, pil_students = [], {"teacher": teacher.module}, {}, {}
     for family in args.families:
-        supernet, record = train.load_supernet(weights / manifest[f"supernet_{family}"]["file"])
+        supernet, record = load_supernet(weights / manifest[f"supernet_{family}"]["file"])
         scratch_steps = args.scratch_steps or record["step"] + args.finetune_steps
         for fraction in FRACTIONS:
             name = f"{family} 1/{fraction}"

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from evaluators.macs import parse_macs
+from nas.methods.ofa import OfaOptions
 from nas.search import SAMPLERS, SearchOptions, run_search
 
 
@@ -47,7 +48,8 @@ def main() -> None:
             for seed in args.seeds:
                 out = run_search(SearchOptions(space=args.space, budget=budget, trials=args.trials, seed=seed,
                                                sampler=sampler, out=str(Path(tmp) / f"{sampler}-{seed}"),
-                                               finetune_steps=0, progress=False), command="bench")
+                                               progress=False, method_options=OfaOptions(finetune_steps=0)),
+                                 command="bench")
                 runs[sampler].append(pd.read_csv(out / "trials.csv"))
     ok = [t[t["status"] == "ok"] for tables in runs.values() for t in tables]
     q_ref = min(float(t["quality"].min()) for t in ok) - 1e-3

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from evaluators.macs import parse_macs
-from nas.methods import OfaMethod, SearchContext
-from nas.search import SearchOptions, embedded_defaults, run_search
+from nas.methods.ofa import OfaOptions
+from nas.search import SearchOptions, prepare, run_search
 
 
 def main() -> None:
@@ -32,8 +32,8 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         options = SearchOptions(space=args.space, budget=parse_macs(args.budget), trials=args.trials,
-                                out=str(Path(tmp) / "run"), sampler="random", finetune_steps=0,
-                                progress=False)
+                                out=str(Path(tmp) / "run"), sampler="random", progress=False,
+                                method_options=OfaOptions(finetune_steps=0))
         began = time.perf_counter()
         out = run_search(options, command="bench")
         total = time.perf_counter() - began
@@ -41,14 +41,12 @@ def main() -> None:
     stamps = pd.to_datetime(table["finished_at"]).sort_values()
     steady = (len(stamps) - 1) / (stamps.iloc[-1] - stamps.iloc[0]).total_seconds()
 
-    embedded_defaults(options)
-    method = OfaMethod(SearchContext(method="ofa", task="sr4x", teacher=options.teacher, supernet=options.supernet,
-                                     seed=0))
+    method = prepare(options)
     method.load()
     configs = [method.space.decode(c) for c in table["config"]]
     began = time.perf_counter()
     for config in configs:
-        method.evaluate(config)
+        method.start(config).step()
     loop = len(configs) / (time.perf_counter() - began)
 
     print(f"{len(configs)} candidates of space {args.space} under {args.budget}, {torch.get_num_threads()} torch "

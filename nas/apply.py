@@ -63,7 +63,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from nas.train import pick_device
+    from nas.device import pick_device
 
     args = build_parser().parse_args(argv)
     if args.tile < 16:

@@ -16,11 +16,15 @@ import torch
 from torch import nn
 
 from nas.files import atomic_write
+from nas.pix2pix import import_pix2pix
 from spaces.errors import UserError
-from spaces.schema import parse_space
 from spaces.space import Config, SearchSpace
+from spaces.supernet import Supernet
 
 FORMAT = "gan-nas/generator-v1"
+# A training checkpoint of nas.training: its ``kind`` says what it trained (teacher, supernet, student).
+TRAIN_FORMAT = "gan-nas/train-v1"
+TRAIN_KINDS = ("teacher", "supernet", "student")
 
 
 def safe_load(path: str | Path) -> Any:
@@ -73,8 +77,8 @@ def save_generator(path: str | Path, module: nn.Module, space: SearchSpace, conf
 
 
 def generator_from_record(record: dict[str, Any], source: str) -> LoadedGenerator:
-    space = SearchSpace(parse_space(record["space_yaml"], file=f"{source} (embedded space)",
-                                    name=record.get("space_name", "checkpoint")))
+    space = SearchSpace.from_text(record["space_yaml"], source=f"{source} (embedded space)",
+                                  name=record.get("space_name", "checkpoint"))
     config = space.decode(record["config"])
     module = space.build(config)
     try:
@@ -91,6 +95,27 @@ def load_generator(path: str | Path) -> LoadedGenerator:
         return generator_from_record(data, str(path))
     if isinstance(data, dict) and isinstance(data.get("generator"), dict) and data["generator"].get("format") == FORMAT:
         return generator_from_record(data["generator"], str(path))  # a teacher's training checkpoint
-    from nas.teacher import import_pix2pix
+    space, config, module = import_pix2pix(data, source=str(path))
+    return LoadedGenerator(module, space, config, str(path))
 
-    return import_pix2pix(data, source=str(path))
+
+def read_training_record(path: str | Path, *, kind: str | None = None) -> dict[str, Any]:
+    """A training checkpoint of nas.train (optionally of one ``kind``); UserError for anything else."""
+    record = safe_load(path)
+    if not isinstance(record, dict) or record.get("format") != TRAIN_FORMAT or record.get("kind") not in TRAIN_KINDS:
+        raise UserError(f"{path} is not a training checkpoint of nas.train")
+    if kind is not None and record["kind"] != kind:
+        raise UserError(f"{path} is a {record['kind']} checkpoint of nas.train, not a {kind} checkpoint "
+                        f"(nas.train {kind})")
+    return record
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    """A trained supernet and its checkpoint record (task, teacher, metrics)."""
+    record = safe_load(path)
+    if not isinstance(record, dict) or record.get("format") != TRAIN_FORMAT or record.get("kind") != "supernet":
+        raise UserError(f"{path} is not a supernet checkpoint of nas.train supernet")
+    space = SearchSpace.from_text(record["space_yaml"], source=f"{path} (embedded space)", name=record["space_name"])
+    supernet = Supernet(space)
+    supernet.net.load_state_dict(record["supernet"])
+    return supernet.eval(), record

@@ -41,3 +41,35 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if len(parts) > 2 or h < 16 or w < 16 or h % 4 or w % 4:
         raise UserError(f"resolution {text!r} is not allowed; use multiples of 4, at least 16 (e.g. 256 or 256x320)")
     return h, w
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, options: type, *, title: str | None = None) -> None:
+    """One flag per field of the dataclass ``options`` (help from the field's metadata); the values are
+    checked when the dataclass is built (``dataclass_from_args``), in the one place that knows them."""
+    import dataclasses
+    import typing
+
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(options)
+    for f in dataclasses.fields(options):
+        kind = hints[f.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        if base is bool:
+            group.add_argument(_flag(f.name), action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), type=base, default=None,
+                               help=f"{help_text} (default {default})" if default is not None else help_text)
+
+
+def dataclass_from_args(options: type, args: argparse.Namespace, base: object | None = None) -> object:
+    """The dataclass ``options`` from the flags given (others from ``base`` or the defaults)."""
+    import dataclasses
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(options) if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **given) if base is not None else options(**given)

@@ -34,3 +34,28 @@ class PatchDiscriminator(nn.Module):
 def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
     """Least-squares GAN loss (the pix2pix/CycleGAN default)."""
     return ((scores - (1.0 if real else 0.0)) ** 2).mean()
+
+
+def discriminator_from(source: str | None, out_channels: int, *, ndf: int) -> PatchDiscriminator:
+    """A PatchGAN initialised from ``source``: a teacher's training checkpoint (its discriminator),
+    a pix2pix ``*_net_D*.pth`` state dict, or nothing (fresh, ``ndf`` wide)."""
+    from nas.checkpoint import TRAIN_FORMAT, safe_load
+    from spaces.errors import UserError
+
+    state, config = None, {"ndf": ndf}
+    if source:
+        record = safe_load(source)
+        if isinstance(record, dict) and record.get("format") == TRAIN_FORMAT:
+            if record.get("discriminator"):
+                state, config = record["discriminator"], record.get("discriminator_config") or config
+        elif isinstance(record, dict):
+            state = record
+            config = {"ndf": record["model.0.weight"].shape[0]} if "model.0.weight" in record else config
+    disc = PatchDiscriminator(out_channels, ndf=config["ndf"], n_layers=config.get("n_layers", 3),
+                              norm=config.get("norm", "instance"))
+    if state is not None:
+        try:
+            disc.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(f"discriminator from {source} does not fit a PatchGAN: {str(exc).splitlines()[0]}") from None
+    return disc

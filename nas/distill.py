@@ -73,3 +73,26 @@ class FeatureDistiller(nn.Module):
     def detach_hooks(self) -> None:
         self._student.remove()
         self._teacher.remove()
+
+
+def _trunk_widths(module: nn.Module, in_channels: int, device: torch.device) -> list[int]:
+    """Output channels of every trunk block, read off one tiny forward pass."""
+    capture = FeatureCapture(list(module.trunk))
+    with torch.no_grad():
+        module(torch.zeros(1, in_channels, 32, 32, device=device))
+    capture.remove()
+    return [o.shape[1] for o in capture.outputs]
+
+
+def make_distiller(student: nn.Module, teacher: nn.Module, *, layers: int, device: torch.device) -> FeatureDistiller:
+    """Feature distillation from ``teacher``'s trunk into ``student``'s (a supernet's or a subnet's)."""
+    channels = student.stem[1].in_channels
+    return FeatureDistiller(student.trunk, teacher.trunk, layers=layers,
+                            student_width=max(_trunk_widths(student, channels, device)),
+                            teacher_widths=_trunk_widths(teacher, channels, device)).to(device)
+
+
+def distill_loss(out: torch.Tensor, target: torch.Tensor, distiller: FeatureDistiller, weight: float) -> torch.Tensor:
+    """Reconstruction of the target (ground truth, or the teacher's output for unpaired data) plus
+    the feature distillation of the same forward pass."""
+    return F.l1_loss(out, target) + weight * distiller.loss()

@@ -18,7 +18,9 @@ from nas.checkpoint import load_generator, save_generator
 from nas.files import atomic_write, atomic_write_text
 from nas.cli import Parser, run
 from nas.data import Task, check_crop, load_task
-from nas.train import FINETUNE_LR, finetune, load_supernet, pick_device
+from nas.checkpoint import load_supernet
+from nas.device import pick_device
+from nas.finetune import FINETUNE_LR, finetune
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace
 

@@ -80,7 +80,7 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
 
 def remeasure(manifest: Path) -> dict[str, Any]:
     """Measure every entry of ``manifest`` again with today's evaluation protocol (the files are unchanged)."""
-    from nas.train import load_supernet
+    from nas.checkpoint import load_supernet
 
     entries = _read_manifest(manifest)
     for name, entry in entries.items():
@@ -129,7 +129,7 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
                                      step=record["step"]), out)
         entry.update(measure_teacher(teacher, task))
     else:
-        from nas.train import load_supernet
+        from nas.checkpoint import load_supernet
 
         supernet, _ = load_supernet(checkpoint)
         slim = {k: v for k, v in record.items() if k not in ("optimizers", "discriminator")}

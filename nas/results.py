@@ -1,35 +1,64 @@
-"""The one results table of a search: one row per evaluated candidate, written atomically as CSV."""
+"""The one results table of a search: one row per candidate, built from what its trial produced.
+
+Rows go first to an append-only journal (``trials.journal``, one JSON line per row, O(1) per
+trial), and ``trials.csv`` is rewritten atomically from them in batches and at the end, so that the
+per-trial cost does not grow with the table and the CSV is always readable. Reading the table
+replays the journal over the CSV: a driver killed between two batches loses no row.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from nas.files import atomic_write
 
 COLUMNS = [
     "trial_id", "method", "space", "config", "macs_torchprofile", "macs_fvcore", "params",
-    "quality", "share", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status", "error",
-    "node", "seconds", "finished_at",
+    "quality", "quality_metric", "share", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status",
+    "error", "node", "seconds", "cpu_seconds", "weights", "params_json", "finished_at",
 ]
+TEXT_COLUMNS = ("trial_id", "method", "space", "config", "quality_metric", "status", "error", "node", "weights",
+                "params_json", "finished_at")
+# trials.csv is rewritten at most this often while rows arrive (and always at the end)
+SAVE_EVERY_SECONDS = 5.0
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 class ResultsTable:
-    """``trials.csv`` of a run: rows keyed by trial id (a retried trial is one row), atomic rewrites."""
+    """``trials.csv`` of a run: rows keyed by trial id (a retried trial is one row)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, save_every: float = SAVE_EVERY_SECONDS) -> None:
         self.path = Path(path)
+        self.journal = self.path.with_suffix(".journal")
+        self.save_every = save_every
         self.rows: dict[str, dict[str, Any]] = {}
+        self._saved_at = 0.0
+        self._dirty = False
         if self.path.exists():
-            text_columns = {c: str for c in ("trial_id", "method", "space", "config", "status", "error", "node",
-                                             "finished_at")}
-            frame = pd.read_csv(self.path, dtype=text_columns)
+            import pandas as pd
+
+            frame = pd.read_csv(self.path, dtype={c: str for c in TEXT_COLUMNS})
             for row in frame.astype(object).where(frame.notna(), None).to_dict("records"):
-                if row["feasible"] is not None:
+                if row.get("feasible") is not None:
                     row["feasible"] = str(row["feasible"]).lower() in ("true", "1")
-                self.rows[str(row["trial_id"])] = row
+                self.rows[str(row["trial_id"])] = {c: _clean(row.get(c)) for c in COLUMNS}
+        if self.journal.exists():
+            for line in self.journal.read_text().splitlines():
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a killed driver
+                        continue
+                    self.rows[str(row["trial_id"])] = {c: row.get(c) for c in COLUMNS}
+                    self._dirty = True
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -38,15 +67,52 @@ class ResultsTable:
         return trial_id in self.rows
 
     def add(self, row: dict[str, Any]) -> None:
-        """Record (or replace) the row of ``row['trial_id']`` and rewrite the file atomically."""
+        """Record (or replace) the row of ``row['trial_id']``: one journal line now, the CSV in batches."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
-        self.rows[str(row["trial_id"])] = {c: row.get(c) for c in COLUMNS}
-        self.save()
+        row = {c: row.get(c) for c in COLUMNS}
+        self.rows[str(row["trial_id"])] = row
+        with open(self.journal, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._dirty = True
+        if time.monotonic() - self._saved_at >= self.save_every:
+            self.save()
 
-    def frame(self) -> pd.DataFrame:
+    def frame(self):
+        import pandas as pd
+
         return pd.DataFrame(list(self.rows.values()), columns=COLUMNS)
 
     def save(self) -> None:
+        """Rewrite trials.csv atomically from every row; the journal then starts again."""
+        if not self._dirty and self.path.exists():
+            return
         atomic_write(self.path, lambda tmp: self.frame().to_csv(tmp, index=False))
+        self.journal.unlink(missing_ok=True)
+        self._saved_at, self._dirty = time.monotonic(), False
+
+
+def now() -> str:
+    """Wall-clock time with milliseconds (throughput is read off these stamps)."""
+    stamp = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d}"
+
+
+def row_from_result(trial_id: str, method, result: dict[str, Any], *, params: dict[str, Any], budget: int,
+                    convention: str, weights: str | None) -> dict[str, Any]:
+    """A row from a trial's final result (its Candidate): config, exact cost, quality, weights."""
+    macs = result[f"macs_{convention}"]
+    return {
+        "trial_id": trial_id, "method": method.name, "space": method.space.name, "config": result["architecture"],
+        "macs_torchprofile": result["macs_torchprofile"], "macs_fvcore": result["macs_fvcore"],
+        "params": result["params"], "quality": result["quality"], "quality_metric": result.get("quality_metric"),
+        "share": result.get("share"), "psnr": result.get("psnr"), "ssim": result.get("ssim"),
+        "fidelity_psnr": result.get("fidelity_psnr"), "latency_ms": result.get("latency_ms"),
+        "feasible": macs <= budget, "status": "ok", "node": result.get("node_ip"),
+        "seconds": round(result.get("time_total_s", 0.0), 3), "cpu_seconds": result.get("cpu_seconds"),
+        "weights": weights, "params_json": json.dumps(params),
+        "finished_at": now(),
+    }

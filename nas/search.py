@@ -24,21 +24,16 @@ import torch
 
 from evaluators.macs import format_macs, parse_macs
 from evaluators.quality import PROTOCOL, format_share
-from nas.cli import Parser, run
+from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, run
+from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
-from nas.methods import SearchContext, SearchMethod, get_method
-from nas.pareto import pareto_front, render_html
+from nas.methods import Method, SearchContext, get_method, list_methods
+from nas.methods.base import resolve_space
 from nas.results import ResultsTable
 from spaces.errors import UserError
-from spaces.space import CONVENTIONS, builtin_spaces
+from spaces.space import CONVENTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WEIGHTS = ROOT / "weights" / "sr4x"
 SAMPLERS = ("nsga2", "tpe", "random")
-# Distillation steps for the exported best student (GAN Compression's fine-tune), chosen by measurement
-# (bench/ofa_finetune.py, README): 300 steps give most of what 500 give and keep the default search
-# under 5 minutes on 2 CPU cores; the gain goes on growing with more (--finetune-steps).
-FINETUNE_STEPS = 300
 
 
 @dataclass
@@ -48,42 +43,22 @@ class SearchOptions:
     method: str = "ofa"
     task: str = "sr4x"
     teacher: str | None = None
-    supernet: str | None = None
     trials: int = 40
     seed: int = 0
     out: str = ""
     sampler: str = "nsga2"
     macs_convention: str = "torchprofile"
     address: str | None = None
+    storage: str | None = None
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_failures: int = 2
     latency_resolution: int = 256
-    finetune_steps: int = FINETUNE_STEPS
     progress: bool = True
+    method_options: Any = None  # the method's Options (its own flags); None: its defaults
 
 
 # ------------------------------------------------------------------------------ checks before Ray
-
-
-def embedded_defaults(options: SearchOptions) -> None:
-    """Fill teacher/supernet from the shipped sr4x weights when the user gave none."""
-    if options.teacher and (options.supernet or options.method != "ofa"):
-        return
-    manifest_path = DEFAULT_WEIGHTS / "manifest.json"
-    if options.task != "sr4x" or not manifest_path.exists():
-        missing = "--teacher" if not options.teacher else "--supernet"
-        raise UserError(f"{missing} is required for --task {options.task} (the shipped weights are for sr4x)")
-    manifest = json.loads(manifest_path.read_text())
-    options.teacher = options.teacher or str(DEFAULT_WEIGHTS / manifest["teacher"]["file"])
-    if options.method == "ofa" and not options.supernet:
-        key = f"supernet_{options.space}"
-        if key not in manifest:
-            shipped = sorted(k.removeprefix("supernet_") for k in manifest if k.startswith("supernet_"))
-            raise UserError(f"no shipped supernet for space {options.space!r} (shipped: {', '.join(shipped)}); "
-                            f"train one with `python -m nas.train supernet --space {options.space} ...` "
-                            "and pass --supernet")
-        options.supernet = str(DEFAULT_WEIGHTS / manifest[key]["file"])
 
 
 def check_address(address: str | None) -> str | None:
@@ -119,29 +94,27 @@ def check_out(out: Path, resume: bool) -> None:
         raise UserError(f"--out {out} is not empty and holds no search; choose an empty or new folder")
 
 
-def prepare(options: SearchOptions) -> SearchMethod:
-    """Everything that can be checked without Ray: space, weights, budget against the smallest config."""
+def prepare(options: SearchOptions) -> Method:
+    """Everything that can be checked without Ray: method, space, weights, budget against the smallest config."""
     if options.macs_convention not in CONVENTIONS:
         raise UserError(f"--macs-convention must be one of {', '.join(CONVENTIONS)}")
     if options.trials < 1:
         raise UserError(f"--trials must be at least 1, got {options.trials}")
-    if options.finetune_steps < 0:
-        raise UserError(f"--finetune-steps must be at least 0, got {options.finetune_steps}")
     if options.sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     method_class = get_method(options.method)
-    if options.space not in builtin_spaces() and not Path(options.space).exists():
-        raise UserError(f"unknown space {options.space!r}; give one of {', '.join(builtin_spaces())} or the path of "
-                        "a space YAML file")
-    embedded_defaults(options)
-    for label, path in (("--teacher", options.teacher), ("--supernet", options.supernet)):
-        if path and not Path(path).is_file():
-            raise UserError(f"{label} {path} not found")
+    resolve_space(options.space, options.task)  # an unknown name fails here, whatever the method
+    method_options = options.method_options if options.method_options is not None else method_class.Options()
+    options.method_options = method_class.fill_defaults(method_options, options.task, options.space,
+                                                        shipped_manifest(options.task), DEFAULT_WEIGHTS)
+    options.teacher = str(Path(default_teacher(options.task, options.teacher)).resolve())
+    if Path(options.space).is_file():  # workers may run elsewhere: paths travel absolute
+        options.space = str(Path(options.space).resolve())
     method = method_class(SearchContext(method=options.method, task=options.task, teacher=options.teacher,
-                                        supernet=options.supernet, seed=options.seed,
+                                        space=options.space, budget=options.budget, seed=options.seed,
                                         latency_resolution=options.latency_resolution,
                                         device="cuda" if options.gpus_per_trial > 0 else "cpu",
-                                        macs_convention=options.macs_convention))
+                                        macs_convention=options.macs_convention, options=options.method_options))
     space = method.space
     smallest = getattr(space.cost(space.min_config()), options.macs_convention)
     if options.budget < smallest:
@@ -174,60 +147,93 @@ def _sampler(name: str, seed: int, trials: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def _run_info(options: SearchOptions) -> dict[str, Any]:
+    info = asdict(options)
+    info["method_options"] = asdict(options.method_options) if options.method_options is not None else None
+    return info
+
+
 def run_search(options: SearchOptions, *, resume: bool = False, command: str = "") -> Path:
     """Run (or continue) a search; returns the run folder."""
-    from nas.tune_driver import tune_trials
+    from nas.tune_driver import TrialRecords, tune_trials
 
     out = Path(options.out or f"runs/{Path(options.space).stem}-{options.budget}").resolve()
     check_out(out, resume)
-    address = check_address(options.address)
-    method = prepare(options)
-    out.mkdir(parents=True, exist_ok=True)
     run_file = out / "run.json"
     info: dict[str, Any] = json.loads(run_file.read_text()) if resume else {
-        "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "options": asdict(options),
-        "versions": _versions(), "space": method.space.name, "resumes": [], "rejected": 0, "protocol": PROTOCOL,
+        "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumes": [], "rejected": 0,
+        "repaired": 0, "protocol": PROTOCOL,
     }
-    if resume:
-        if info.get("protocol") != PROTOCOL:
-            before = info.get("protocol") or "256x256 centre crops"
-            raise UserError(f"--resume: {out} was evaluated with another protocol ({before}) than today's "
-                            f"({PROTOCOL}); its rows cannot share a front: start a new search")
-        info["options"] = asdict(options)  # what this run does (a resume may change --trials, --finetune-steps)
+    if resume and info.get("protocol") != PROTOCOL:
+        before = info.get("protocol") or "256x256 centre crops"
+        raise UserError(f"--resume: {out} was evaluated with another protocol ({before}) than today's "
+                        f"({PROTOCOL}); its rows cannot share a front: start a new search")
+    address = check_address(options.address)
+    method = prepare(options)
+    info.setdefault("versions", _versions())
+    info["space"] = method.space.name
+    out.mkdir(parents=True, exist_ok=True)
+    info["options"] = _run_info(options)  # what this run does (a resume may change --trials, --finetune-steps)
     table = ResultsTable(out / "trials.csv")
-    storage = f"sqlite:///{out / 'optuna.db'}"
+    records = TrialRecords(out / "trials")
+    study_storage = f"sqlite:///{out / 'optuna.db'}"
+    # Trials' checkpoints go to Tune's storage: this run's folder, or --storage (shared or cloud) on a cluster.
+    storage_path = options.storage or str(out / "tune")
     if resume:
         info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
     info["status"] = "running"
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
     attempt = 0
+    first = [] if resume or len(table) else method.first_params()
     while len(table) < options.trials:
-        # Further rounds only replace trials lost with a worker node; a round that finishes nothing ends it.
+        # Further rounds continue training trials that lost their node for good and replace lost cheap
+        # trials; a round that finishes nothing ends it.
         before = len(table)
+        unfinished = records.unfinished(table) if method.trains else []
+        queue = [{**u["params"], "_resume": {"id": u["id"], "checkpoint": u["checkpoint"]}} for u in unfinished]
         tag = f"{len(info['resumes'])}" + (f"-{attempt}" if attempt else "")
-        round_ = tune_trials(method, options, table, out=out, storage=storage, address=address,
+        round_ = tune_trials(method, options, table, records, storage_path=storage_path, study_storage=study_storage,
+                             address=address, queue=queue + first,
                              sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info["resumes"]),
                                               options.trials),
                              experiment=f"tune-{tag}", done=before)
+        first = []
         info["rejected"] = info.get("rejected", 0) + round_.rejected
+        info["repaired"] = info.get("repaired", 0) + round_.repaired
         info["lost"] = info.get("lost", 0) + round_.lost
         atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")  # a resume keeps these counts
         attempt += 1
-        if not round_.lost or len(table) == before:
+        unfinished = records.unfinished(table) if method.trains else []
+        if (not round_.lost and not unfinished) or len(table) == before:
             break
     summary = finish(method, options, table, out)
     info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
-    print_summary(options, table, out, info)
+    print_summary(options, method, table, out, info)
     return out
 
 
 QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)"}
 
 
-def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
-    """Pareto front into pareto.html, and the best feasible student exported (fine-tuned) into best/."""
+def _weights(row: dict[str, Any], out: Path) -> Path | None:
+    """The best student's weights, fetched from Tune's storage (where its trial's checkpoint went)."""
+    from nas.tune_driver import fetch
+
+    uri = row.get("weights")
+    if not uri:
+        return None
+    path = fetch(uri, out / "fetched" / "student.pth")
+    if not Path(path).is_file():
+        raise UserError(f"the weights of trial {row['trial_id']} are not in Tune's storage ({uri}); with a "
+                        "multi-node cluster give --storage a path every node shares, or a cloud URI")
+    return Path(path)
+
+
+def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
+    """Pareto front into pareto.html, and the best feasible student exported into best/."""
     from nas.checkpoint import load_generator
+    from nas.pareto import pareto_front, render_html
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
@@ -246,23 +252,30 @@ def finish(method: SearchMethod, options: SearchOptions, table: ResultsTable, ou
     feasible = front.candidates[front.candidates["feasible"].astype(str).isin(["True", "true", "1"])]
     best = None
     if len(feasible):
-        row = feasible.sort_values(["quality", column], ascending=[False, True]).iloc[0]
-        best = {"config": row["config"], "macs": int(row[column]), "quality": float(row["quality"]),
-                "inherited": {k: _number(row[k]) for k in ("quality", "psnr", "ssim", "fidelity_psnr", "share")}}
+        row = feasible.sort_values(["quality", column], ascending=[False, True]).iloc[0].to_dict()
+        best = {"trial_id": row["trial_id"], "config": row["config"], "macs": int(row[column]),
+                "quality": float(row["quality"]),
+                "trial": {k: _number(row[k]) for k in ("quality", "psnr", "ssim", "fidelity_psnr", "share")}}
         best_dir = out / "best"
         report_file = best_dir / "export.json"
         done = json.loads(report_file.read_text()) if report_file.is_file() else {}
-        if done.get("config") != row["config"] or done.get("finetune_steps") != options.finetune_steps:
+        finetune_steps = getattr(options.method_options, "finetune_steps", None)
+        if done.get("config") != row["config"] or done.get("finetune_steps") != finetune_steps \
+                or done.get("trial_id") != row["trial_id"]:
             if best_dir.exists():
                 for f in best_dir.iterdir():
                     f.unlink()
             began = time.perf_counter()
-            method.export(method.space.decode(row["config"]), best_dir, finetune_steps=options.finetune_steps,
-                          device=device, progress=options.progress)
+            report = method.export(row, _weights(row, out), best_dir, device=device, progress=options.progress)
+            report["trial_id"] = row["trial_id"]
+            atomic_write_text(report_file, json.dumps(report, indent=2) + "\n")
             best["export_seconds"] = round(time.perf_counter() - began, 1)
-        tuned = method.judge(load_generator(best_dir / "model.pth").module)
-        best["finetuned"] = {"steps": options.finetune_steps, "quality": tuned.score, **tuned.as_dict()}
-        best["quality"] = tuned.score  # what best/ holds
+        exported = method.judge(load_generator(best_dir / "model.pth").module)
+        best["exported"] = {"quality": exported.score, **exported.as_dict()}
+        if finetune_steps is not None:  # ofa: inherited weights (the trial) -> fine-tuned (best/)
+            best["inherited"] = best["trial"]
+            best["finetuned"] = {"steps": finetune_steps, **best["exported"]}
+        best["quality"] = exported.score  # what best/ holds
     return {"best": best, "front": front.front_rows["config"].tolist(), "quality_metric": metric,
             "teacher_macs": teacher_macs, "teacher_val": teacher_ref.teacher.as_dict(),
             "baseline_val_psnr": teacher_ref.baseline.psnr if teacher_ref.baseline else None}
@@ -272,15 +285,22 @@ def _number(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
-def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: dict[str, Any]) -> None:
+def print_summary(options: SearchOptions, method: Method, table: ResultsTable, out: Path,
+                  info: dict[str, Any]) -> None:
+    from nas.pareto import pareto_front
+
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
     front = pareto_front(frame, macs_column=column, budget=options.budget)
     rows = front.front_rows
     ok = int((frame["status"] == "ok").sum())
     errors = int((frame["status"] == "error").sum())
-    print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget "
-          f"({format_macs(options.budget)} MACs, {options.macs_convention})")
+    print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget"
+          + (f", {info['repaired']} repaired to fit it" if info.get("repaired") else "")
+          + f" ({format_macs(options.budget)} MACs, {options.macs_convention})")
+    if errors:
+        for _, r in frame[frame["status"] == "error"].head(3).iterrows():
+            print(f"  failed: trial {r['trial_id']} ({r['config']}): {r['error']}")
     if info.get("lost"):
         print(f"{info['lost']} trials died with a lost worker node and were replaced by new samples"
               + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
@@ -290,18 +310,21 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
         print(f"teacher val PSNR {teacher['psnr']:.3f}" + (f", bicubic {baseline:.3f}; share = the share of the "
                                                             "teacher's gain over bicubic a student keeps"
                                                             if baseline is not None else ""))
-    print(f"Pareto front ({len(rows)} of {len(front.candidates)}; quality = {QUALITY_LABELS[metric]}, "
-          "inherited weights):")
+    weights = "inherited weights" if method.name == "ofa" else "trained students"
+    print(f"Pareto front ({len(rows)} of {len(front.candidates)}; quality = {QUALITY_LABELS[metric]}, {weights}):")
     print(f"  {'MACs':>8}  {'quality':>8}  {'share':>6}  {'params':>9}  {'latency':>9}  feasible  config")
     for _, r in rows.iterrows():
         print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {format_share(r['share']):>6}  "
               f"{int(r['params']):>9,}  {float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
     best = info.get("best")
-    if best:
+    if best and "finetuned" in best:
         inherited, tuned = best["inherited"], best["finetuned"]
         print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality inherited "
-              f"{inherited['quality']:.3f} (share {format_share(inherited['share'])}) -> fine-tuned {tuned['steps']} steps "
-              f"{tuned['quality']:.3f} (share {format_share(tuned['share'])})")
+              f"{inherited['quality']:.3f} (share {format_share(inherited['share'])}) -> fine-tuned {tuned['steps']} "
+              f"steps {tuned['quality']:.3f} (share {format_share(tuned['share'])})")
+    elif best:
+        print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality {best['quality']:.3f} "
+              f"(share {format_share(best['exported']['share'])})")
     print(f"files: {out / 'trials.csv'}, {out / 'pareto.html'}, {out / 'run.json'}, {out / 'optuna.db'}"
           + (f", {out / 'best'}/" if best else ""))
 
@@ -309,44 +332,77 @@ def print_summary(options: SearchOptions, table: ResultsTable, out: Path, info: 
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> Parser:
+def build_parser(method: str = "ofa") -> Parser:
     p = Parser(prog="python -m nas.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", default="inception", help="resnet | inception | agd | PATH.yaml")
+    p.add_argument("--space", default="inception",
+                   help="resnet | inception | agd (spaces/<task>/NAME.yaml on the embedded default) | PATH.yaml")
     p.add_argument("--budget", help="MACs budget per image: 2.6G, 500M or 2.6e9 (required unless --resume)")
-    p.add_argument("--method", default="ofa", help="ofa (dmask, prune, agd, kd: planned)")
+    p.add_argument("--method", default="ofa", help=f"{' | '.join(list_methods('search'))} (default ofa; "
+                   "each adds its own options, listed by --method NAME --help)")
     p.add_argument("--task", default="sr4x", help="sr4x (embedded) or a data folder")
     p.add_argument("--teacher", help="teacher checkpoint (default: the shipped sr4x teacher)")
-    p.add_argument("--supernet", help="supernet checkpoint for --method ofa (default: the shipped one)")
-    p.add_argument("--trials", type=int, help="trials to run in all (default 40; with --resume: as stored)")
+    p.add_argument("--trials", type=int, help="trials to run in all (default: the method's, 40 for ofa; with "
+                   "--resume: as stored)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/<space>-<budget>)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--sampler", default="nsga2", help="nsga2 | tpe | random")
     p.add_argument("--macs-convention", default="torchprofile", help="torchprofile (default) | fvcore")
     p.add_argument("--address", help="Ray cluster address (auto, host:port); default: RAY_ADDRESS or a local instance")
+    p.add_argument("--storage", help="where trials' checkpoints and students go (Tune's storage_path): a path "
+                   "every node shares, or a cloud URI such as s3://bucket/runs (default: <out>/tune, enough "
+                   "on one machine)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial before it is recorded")
-    p.add_argument("--finetune-steps", type=int,
-                   help=f"distillation steps for the exported best student (default {FINETUNE_STEPS}; 0: inherited "
-                        "weights as they are; with --resume: as stored)")
     p.add_argument("--no-progress", action="store_true")
+    method_class = get_method(method)
+    add_dataclass_arguments(p, method_class.Options, title=f"--method {method} options")
     return p
 
 
+def _method_of(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return "ofa"
+
+
+def _stored_options(out: str) -> tuple[dict[str, Any], str]:
+    run_file = Path(out) / "run.json"
+    if not run_file.is_file():
+        raise UserError(f"--resume: {out} holds no search (no run.json); start it without --resume")
+    stored = json.loads(run_file.read_text())["options"]
+    return stored, stored.get("method", "ofa")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    command = "python -m nas.search " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.resume:
-        if not args.out:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m nas.search " + " ".join(argv)
+    probe = Parser(add_help=False)
+    probe.add_argument("--resume", action="store_true")
+    probe.add_argument("--out")
+    known, _ = probe.parse_known_args(argv)
+    stored = None
+    if known.resume:
+        if not known.out:
             raise UserError("--resume needs --out (the run folder to continue)")
-        run_file = Path(args.out) / "run.json"
-        if not run_file.is_file():
-            raise UserError(f"--resume: {args.out} holds no search (no run.json); start it without --resume")
-        stored = json.loads(run_file.read_text())["options"]
-        stored = {k: v for k, v in stored.items() if k in {f.name for f in fields(SearchOptions)}}
-        given = {k: v for k, v in (("trials", args.trials), ("finetune_steps", args.finetune_steps)) if v is not None}
-        options = SearchOptions(**{**stored, "address": args.address, "progress": not args.no_progress, **given})
+        stored, method = _stored_options(known.out)
+    else:
+        method = _method_of(argv)
+    args = build_parser(method).parse_args(argv)
+    method_class = get_method(method)
+    if stored is not None:
+        base_options = {k: v for k, v in stored.items() if k in {f.name for f in fields(SearchOptions)}}
+        option_names = {f.name for f in fields(method_class.Options)}
+        # (runs written before methods owned their options kept them with the others)
+        saved = {**{k: v for k, v in stored.items() if k in option_names}, **(stored.get("method_options") or {})}
+        method_options = method_class.Options(**{k: v for k, v in saved.items() if k in option_names})
+        options = SearchOptions(**{**base_options, "address": args.address, "progress": not args.no_progress,
+                                   **({"trials": args.trials} if args.trials is not None else {}),
+                                   "method_options": dataclass_from_args(method_class.Options, args, method_options)})
         run_search(options, resume=True, command=command)
         return 0
     if not args.budget:
@@ -355,13 +411,13 @@ def main(argv: list[str] | None = None) -> int:
         budget = parse_macs(args.budget)
     except ValueError as exc:
         raise UserError(f"--budget: {exc}") from None
-    options = SearchOptions(space=args.space, budget=budget, method=args.method, task=args.task, teacher=args.teacher,
-                            supernet=args.supernet, trials=40 if args.trials is None else args.trials, seed=args.seed, out=args.out or "",
-                            sampler=args.sampler, macs_convention=args.macs_convention, address=args.address,
+    options = SearchOptions(space=args.space, budget=budget, method=method, task=args.task, teacher=args.teacher,
+                            trials=method_class.default_trials if args.trials is None else args.trials,
+                            seed=args.seed, out=args.out or "", sampler=args.sampler,
+                            macs_convention=args.macs_convention, address=args.address, storage=args.storage,
                             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                            max_failures=args.max_failures,
-                            finetune_steps=FINETUNE_STEPS if args.finetune_steps is None else args.finetune_steps,
-                            progress=not args.no_progress)
+                            max_failures=args.max_failures, progress=not args.no_progress,
+                            method_options=dataclass_from_args(method_class.Options, args))
     run_search(options, command=command)
     return 0
 

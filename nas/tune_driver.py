@@ -1,18 +1,27 @@
-"""The Ray Tune side of a search: a reusable trainable, a budget-gated Optuna searcher, progress.
+"""The Ray Tune side of a search: the trainable, the budget-gated Optuna searcher, progress and records.
 
-Tune's per-trial overhead is large against one subnet evaluation, so each worker actor loads the
-method's resources once (``setup``) and is reused across trials (``reset_config``). Samples over
-the MACs budget are rejected on the driver with the analytic count, before any work.
+A trial is a method's ``Trial`` behind Tune's class API: ``step`` maps to ``Trial.step``,
+``save_checkpoint`` / ``load_checkpoint`` to ``Trial.save`` / ``Trial.restore``. Cheap trials
+(``ofa``: one subnet evaluation) reuse their worker actors and keep no checkpoint, as Tune's
+per-trial overhead is large against them; training trials checkpoint every step of the trial and
+get a fresh actor each, so that a retry or a lost node continues from the last checkpoint (Tune
+does not retry a trial whose *reused* actor died with its node).
+
+Artifacts travel through Tune's storage: a trial's checkpoints (and the student they end with) are
+persisted by the worker to ``--storage`` (a shared path or a cloud URI on a real cluster), and the
+driver reads them from there, never from a worker's disk.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,60 +32,186 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from tqdm import tqdm
 
-from nas.methods import SearchContext, SearchMethod, get_method
-from nas.results import ResultsTable
+from nas.files import atomic_write_text
+from nas.methods import Candidate, Method, SearchContext, get_method
+from nas.methods.base import Categorical, LogUniform
+from nas.results import ResultsTable, now, row_from_result
 
-MAX_REJECTIONS = 100_000
+# A sample over the budget is rejected this many times at most, then the last one is repaired
+# (shrunk until it fits): rejected samples are told to the in-memory study, and a study that grows
+# by thousands of failed trials per suggestion slows every later suggestion down.
+MAX_REJECTIONS = 20
 # Ray's wording for an actor killed by the loss of its node (ActorDiedError carries no structured cause).
 NODE_DIED = "its node has died"
+RESUME_KEY = "_resume"  # a config key: continue a trial (its id and checkpoint) instead of starting one
 logger = logging.getLogger(__name__)
 
 
-class CandidateTrainable(tune.Trainable):
-    """Evaluates one candidate per trial; the method (supernet, val data) is loaded once per actor."""
+def tune_space(method: Method) -> dict[str, Any]:
+    """Tune's search space for the method's parameters."""
+    space = {}
+    for name, param in method.parameters().items():
+        space[name] = tune.choice(list(param.choices)) if isinstance(param, Categorical) else \
+            tune.loguniform(param.low, param.high)
+    return space
+
+
+def optuna_distributions(method: Method) -> dict[str, optuna.distributions.BaseDistribution]:
+    out = {}
+    for name, param in method.parameters().items():
+        if isinstance(param, Categorical):
+            out[name] = optuna.distributions.CategoricalDistribution(list(param.choices))
+        elif isinstance(param, LogUniform):
+            out[name] = optuna.distributions.FloatDistribution(param.low, param.high, log=True)
+    return out
+
+
+def fetch(uri: str, dest: Path) -> Path:
+    """A file of Tune's storage (a local path or a cloud URI) copied to ``dest`` on this machine."""
+    import pyarrow.fs
+
+    if "://" not in uri:
+        return Path(uri)
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return dest
+
+
+def _download_dir(uri: str) -> Path:
+    """A checkpoint folder of Tune's storage, readable on this worker."""
+    if "://" not in uri:
+        return Path(uri)
+    import tempfile
+
+    import pyarrow.fs
+
+    local = Path(tempfile.mkdtemp(prefix="nas-restore-"))
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    pyarrow.fs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return local
+
+
+class MethodTrainable(tune.Trainable):
+    """Runs one ``Trial`` of the method; the method (weights, val data) is loaded once per actor."""
 
     def setup(self, config: dict[str, Any], context: SearchContext) -> None:
         self.method = get_method(context.method)(context)
         self.method.load()
-        self.params = config
+        self._start(config)
+
+    def _start(self, config: dict[str, Any]) -> None:
+        self.params = {k: v for k, v in config.items() if k != RESUME_KEY}
+        self.resumed = config.get(RESUME_KEY)
+        self.cpu_began = time.process_time()
+        self.restored_at: int | None = None  # the step a checkpoint gave back, if any
+        self.trial = self.method.start(self.params)
+        if self.resumed:  # a trial of an earlier run (driver killed, or its node lost for good)
+            self._restore(_download_dir(self.resumed["checkpoint"]))
+
+    def _restore(self, folder: Path) -> None:
+        self.trial.restore(folder)
+        self.restored_at = self.trial.steps_done
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        self.params = new_config
+        self._start(new_config)
         return True
 
-    def save_checkpoint(self, checkpoint_dir: str) -> dict:
-        return {}  # a trial is one evaluation: there is no state to keep between steps
-
-    def load_checkpoint(self, checkpoint: dict | str | None) -> None:
-        pass
-
     def step(self) -> dict[str, Any]:
-        # Fault injection for tests of retries and error rows: configs matching this regex raise.
+        # Fault injection for tests of retries and error rows: trials whose description matches raise.
         pattern = os.environ.get("NAS_FAIL_CONFIG")
         if pattern and re.search(pattern, self.method.describe(self.params)):
             raise RuntimeError(f"injected failure (NAS_FAIL_CONFIG={pattern})")
-        macs = getattr(self.method.cost(self.params), self.method.context.macs_convention)
-        return {**self.method.evaluate(self.params), "macs": macs, "done": True}
+        # Slows training trials down so that tests can take a node or the driver away mid-trial.
+        time.sleep(float(os.environ.get("NAS_TRIAL_STEP_SLEEP", 0)) if self.method.trains else 0)
+        out = self.trial.step()
+        extra = {"resumed_from": self.resumed["id"] if self.resumed else None, "restored_at": self.restored_at,
+                 "cpu_seconds": round(time.process_time() - self.cpu_began, 3), "worker_dir": self.logdir}
+        if isinstance(out, Candidate):
+            return {**out.result(), **extra, "done": True}
+        return {**out, **extra}
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        # Tune persists this folder to its storage, then removes it from the worker.
+        self.trial.save(Path(checkpoint_dir))
+
+    def load_checkpoint(self, checkpoint: str | None) -> None:
+        if checkpoint:
+            self._restore(Path(checkpoint))
+
+    def cleanup(self) -> None:
+        # A training trial's worker-local folder holds nothing the driver needs (everything went
+        # through Tune's storage): removing it keeps worker disks clean and the driver honest.
+        # (Reused actors of cheap trials keep theirs: Tune hands them on.)
+        if self.method.trains:
+            import shutil
+
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+@dataclass
+class TrialRecords:
+    """What the driver knows of each trial beyond its row: params, latest checkpoint, progress
+    (``runs/NAME/trials/<id>/``), so that a resumed search continues unfinished training trials."""
+
+    root: Path
+    checkpoints: dict[str, str] = field(default_factory=dict)  # trial id -> latest persisted checkpoint
+
+    def folder(self, trial_id: str) -> Path:
+        return self.root / trial_id
+
+    def write(self, trial_id: str, **info: Any) -> None:
+        path = self.folder(trial_id) / "trial.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.update(info)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    def progress(self, trial_id: str, result: dict[str, Any]) -> None:
+        path = self.folder(trial_id) / "progress.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a") as f:  # append-only: one line per report, readable at any time
+            if new:
+                f.write("time,step,steps,loss,cpu_seconds,restored_at\n")
+            restored = result.get("restored_at")
+            f.write(f"{time.time():.3f},{result.get('step')},{result.get('steps')},{result.get('loss')},"
+                    f"{result.get('cpu_seconds')},{'' if restored is None else restored}\n")
+
+    def unfinished(self, table: ResultsTable) -> list[dict[str, Any]]:
+        """Trials with a checkpoint and no row: continued (same params) before any new sample."""
+        out = []
+        for path in sorted(self.root.glob("*/trial.json")):
+            info = json.loads(path.read_text())
+            if info.get("checkpoint") and info.get("id") not in table and info.get("status") != "finished":
+                out.append(info)
+        return out
 
 
 class BudgetSearcher(Searcher):
-    """Optuna's suggestions through a MACs gate; evaluated results are recorded before Optuna is told.
+    """Optuna's suggestions, under the MACs budget where a method knows a candidate's cost before any
+    work (``bound``); unfinished training trials and the method's first params come first.
 
-    A sample over budget is never evaluated: it is told to Optuna as failed (with its MACs as an
-    attribute), counted, and the next sample is drawn. Recording the row first means a driver
-    killed between the two loses nothing that Optuna knows of.
+    A sample over the budget is never evaluated: it is told to Optuna as failed and the next sample
+    is drawn, up to ``MAX_REJECTIONS`` times; then the sample is repaired (the method shrinks it
+    until it fits). The study learns only from what was evaluated: a repaired candidate is added to
+    it with the params it really had. Results are recorded before Optuna is told, so a driver killed
+    between the two loses nothing that Optuna knows of.
     """
 
-    def __init__(self, inner: OptunaSearch, method: SearchMethod, table: ResultsTable, *, budget: int,
-                 convention: str, record) -> None:
+    def __init__(self, inner: OptunaSearch, method: Method, table: ResultsTable, records: TrialRecords, *,
+                 budget: int, convention: str, record, queue: list[dict[str, Any]], seed: int) -> None:
         super().__init__(metric=["quality", "macs"], mode=["max", "min"])
-        self.inner, self.method, self.table = inner, method, table
+        self.inner, self.method, self.table, self.records = inner, method, table, records
         self.record = record  # the run's SQLite study: evaluated trials only
         self.budget, self.convention = budget, convention
-        self.rejected = 0
-        self._probe: dict[str, str] = {}
+        self.queue = list(queue)  # params to run before any sample (unfinished trials first)
+        self.rng = random.Random(seed)
+        self.rejected = self.repaired = 0
+        self._probe: dict[str, str | None] = {}
         self._params: dict[str, dict[str, Any]] = {}
         self._attempt = 0
+        self.distributions = optuna_distributions(method)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         ready = self.inner.set_search_properties(metric, mode, config, **spec)
@@ -84,80 +219,95 @@ class BudgetSearcher(Searcher):
         self.inner._ot_study.add_trials(self.record.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
         return ready
 
+    def _cost(self, params: dict[str, Any]) -> int | None:
+        bound = self.method.bound(params)
+        return None if bound is None else getattr(bound, self.convention)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        for _ in range(MAX_REJECTIONS):
+        if self.queue:
+            params = self.queue.pop(0)
+            self._probe[trial_id], self._params[trial_id] = None, params
+            return params
+        params = None
+        for _ in range(MAX_REJECTIONS + 1):
             self._attempt += 1
             probe = f"{trial_id}~{self._attempt}"
             params = self.inner.suggest(probe)
             if params is None or params == Searcher.FINISHED:
                 return params
-            macs = getattr(self.method.cost(params), self.convention)
-            if macs <= self.budget:
-                self._probe[trial_id] = probe
-                self._params[trial_id] = params
+            cost = self._cost(params)
+            if cost is None or cost <= self.budget:
+                self._probe[trial_id], self._params[trial_id] = probe, params
                 return params
             self.rejected += 1  # never evaluated; the in-memory study sees it fail, the run's record does not
             self.inner.on_trial_complete(probe, result=None, error=True)
-        raise RuntimeError(f"no sample under the budget in {MAX_REJECTIONS} tries")
+        self.repaired += 1
+        params = self.method.repair(params, self.budget, self.rng)
+        self._probe[trial_id], self._params[trial_id] = None, params
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass  # one result per trial: everything happens on completion
+        pass  # progress is the callback's; the sampler learns on completion
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        probe, params = self._probe.pop(trial_id, None), self._params.pop(trial_id, None)
-        if probe is None:
+        if trial_id not in self._params:
             return
-        if result and not error and result.get("quality") is not None:
-            cost = self.method.cost(params)
-            macs = getattr(cost, self.convention)
-            self.table.add({
-                "trial_id": trial_id, "method": self.method.name, "space": self.method.space.name,
-                "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
-                "macs_fvcore": cost.fvcore, "params": cost.params, "quality": result["quality"],
-                "share": result.get("share"), "psnr": result.get("psnr"), "ssim": result.get("ssim"), "fidelity_psnr": result.get("fidelity_psnr"),
-                "latency_ms": result.get("latency_ms"), "feasible": macs <= self.budget, "status": "ok",
-                "node": result.get("node_ip"), "seconds": round(result.get("time_total_s", 0.0), 3),
-                "finished_at": _now(),
-            })
-            values = {"quality": result["quality"], "macs": macs}
-            try:
-                add_to_record(self.record, self.inner._ot_trials[probe], trial_id, self.method.describe(params), values)
-            except Exception as exc:  # the row is safe in trials.csv; the record is reconciled at the end
-                logger.warning("could not copy trial %s into the Optuna record yet: %s", trial_id, exc)
+        probe, params = self._probe.pop(trial_id), self._params.pop(trial_id)
+        if not (result and not error and result.get("quality") is not None):
+            if probe is not None:
+                self.inner.on_trial_complete(probe, result=None, error=True)
+            return
+        row_id = result.get("resumed_from") or trial_id
+        weights = result.get("weights")
+        checkpoint = self.records.checkpoints.get(trial_id)
+        clean = {k: v for k, v in params.items() if k != RESUME_KEY}
+        row = row_from_result(row_id, self.method, result, params=clean, budget=self.budget,
+                              convention=self.convention,
+                              weights=f"{checkpoint}/{weights}" if weights and checkpoint else None)
+        self.table.add(row)
+        if self.method.trains:
+            self.records.write(row_id, status="finished")
+        values = {"quality": result["quality"], "macs": row[f"macs_{self.convention}"]}
+        try:
+            add_to_record(self.record, clean, self.distributions, row_id, row["config"], values)
+        except Exception as exc:  # the row is safe in trials.csv; the record is reconciled at the end
+            logger.warning("could not copy trial %s into the Optuna record yet: %s", row_id, exc)
+        if probe is not None and clean == params:
             self.inner.on_trial_complete(probe, result=values)
-        else:
-            self.inner.on_trial_complete(probe, result=None, error=True)
+        else:  # queued, resumed or repaired: the sampler learns what was really evaluated
+            self.inner._ot_study.add_trial(optuna.trial.create_trial(
+                params=clean, distributions=self.distributions, values=[values["quality"], values["macs"]]))
 
     def save(self, checkpoint_path: str) -> None:
         # Resuming goes through trials.csv and the Optuna storage, not through Tune's searcher state.
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"rejected": self.rejected}, f)
+            pickle.dump({"rejected": self.rejected, "repaired": self.repaired}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
-            self.rejected = pickle.load(f)["rejected"]
+            state = pickle.load(f)
+        self.rejected, self.repaired = state["rejected"], state.get("repaired", 0)
 
 
-def add_to_record(record, trial, trial_id: str, config: str, values: dict[str, float]) -> None:
+def add_to_record(record, params: dict[str, Any], distributions, trial_id: str, config: str,
+                  values: dict[str, float]) -> None:
     """Copy an evaluated trial into the run's SQLite study (what optuna-dashboard shows)."""
     record.add_trial(optuna.trial.create_trial(
-        params=trial.params, distributions=trial.distributions, values=[values["quality"], values["macs"]],
-        user_attrs={"trial_id": trial_id, "config": config}))
+        params=params, distributions=distributions, values=[values["quality"], values["macs"]],
+        user_attrs={"trial_id": trial_id, "config": config, "params": json.dumps(params)}))
 
 
-def reconcile_record(record, table: ResultsTable, method: SearchMethod) -> int:
+def reconcile_record(record, table: ResultsTable, method: Method, convention: str) -> int:
     """Rows of trials.csv missing from the study (the driver died between the two writes) are added."""
     known = {t.user_attrs.get("trial_id") for t in record.get_trials(deepcopy=False)}
-    distributions = {name: optuna.distributions.CategoricalDistribution(list(choices))
-                     for name, choices in method.parameters().items()}
+    distributions = optuna_distributions(method)
     added = 0
-    for row in table.frame().itertuples():
-        if row.status == "ok" and row.trial_id not in known:
-            params = method.space.decode(row.config)
+    for row in table.rows.values():
+        if row["status"] == "ok" and row["trial_id"] not in known and row.get("params_json"):
             record.add_trial(optuna.trial.create_trial(
-                params=params, distributions=distributions,
-                values=[float(row.quality), float(getattr(row, f"macs_{method.context.macs_convention}"))],
-                user_attrs={"trial_id": row.trial_id, "config": row.config}))
+                params=json.loads(row["params_json"]), distributions=distributions,
+                values=[float(row["quality"]), float(row[f"macs_{convention}"])],
+                user_attrs={"trial_id": row["trial_id"], "config": row["config"], "params": row["params_json"]}))
             added += 1
     return added
 
@@ -165,60 +315,104 @@ def reconcile_record(record, table: ResultsTable, method: SearchMethod) -> int:
 @dataclass
 class TuneRound:
     rejected: int  # samples over the MACs budget, never evaluated
-    lost: int  # trials that died with their worker node, not recorded: new samples take their places
+    repaired: int  # samples shrunk to fit the budget after MAX_REJECTIONS rejections
+    lost: int  # trials that died with their worker node and left no checkpoint to continue from
 
 
 class ProgressCallback(Callback):
-    """Trials done / total and the best feasible candidate so far; records trials that failed for good.
+    """Trials done / total and the best feasible candidate so far; training progress per trial;
+    checkpoints recorded for export and resume; trials that failed for good get an error row.
 
-    A trial that died with its node is not a property of its candidate: it gets no error row and is
-    counted as lost. (Tune does not retry a trial whose reused actor was on the lost node: it fails
-    while PENDING, which skips ``max_failures``.)
+    A trial that died with its node is not a property of its candidate: it gets no error row. A
+    training trial with a checkpoint is continued by the next round; others are counted as lost
+    and replaced by new samples.
     """
 
-    def __init__(self, method: SearchMethod, table: ResultsTable, *, total: int, done: int, convention: str,
-                 enabled: bool) -> None:
-        self.method, self.table, self.convention = method, table, convention
+    def __init__(self, method: Method, table: ResultsTable, records: TrialRecords, *, total: int, done: int,
+                 convention: str, budget: int, enabled: bool) -> None:
+        self.method, self.table, self.records, self.convention, self.budget = method, table, records, convention, budget
         self.lost = 0
+        self.best: tuple[float, float] | None = None
+        for row in table.rows.values():
+            self._consider(row)
         self.bar = tqdm(total=total, initial=done, desc="search", unit="trial", disable=not enabled,
                         dynamic_ncols=True)
 
-    def _update(self) -> None:
-        frame = self.table.frame()
-        ok = frame[(frame["status"] == "ok") & frame["feasible"].astype(bool)]
-        self.bar.n = len(frame)
-        if len(ok):
-            best = ok.loc[ok["quality"].astype(float).idxmax()]
-            self.bar.set_postfix_str(f"best feasible {float(best['quality']):.3f} at "
-                                     f"{float(best[f'macs_{self.convention}']) / 1e9:.3g}G")
+    def _consider(self, row: dict[str, Any]) -> None:
+        if row.get("status") == "ok" and row.get("feasible") and row.get("quality") is not None:
+            quality, macs = float(row["quality"]), float(row[f"macs_{self.convention}"])
+            if self.best is None or quality > self.best[0]:
+                self.best = (quality, macs)
+
+    def _update(self, running: str = "") -> None:
+        # Incremental: the table is never re-read (per-trial work stays flat as a search grows).
+        self.bar.n = len(self.table)
+        parts = [running] if running else []
+        if self.best:
+            parts.append(f"best feasible {self.best[0]:.3f} at {self.best[1] / 1e9:.3g}G")
+        self.bar.set_postfix_str(", ".join(parts))
         self.bar.refresh()
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self.method.trains:
+            config = dict(trial.config)
+            resumed = config.get(RESUME_KEY)
+            row_id = resumed["id"] if resumed else trial.trial_id
+            params = {k: v for k, v in config.items() if k != RESUME_KEY}
+            self.records.write(row_id, id=row_id, params=params, status="running", tune_trial=trial.trial_id,
+                               **({} if resumed else {"checkpoint": None}))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if self.method.trains and not result.get("done") and "step" in result:
+            row_id = result.get("resumed_from") or trial.trial_id
+            self.records.progress(row_id, result)
+            if result.get("worker_dir"):
+                self.records.write(row_id, worker_dir=result["worker_dir"])
+            self._update(f"{row_id}: step {result['step']}/{result['steps']}")
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        uri = checkpoint.path if checkpoint.filesystem.type_name == "local" else \
+            f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+        self.records.checkpoints[trial.trial_id] = uri
+        if self.method.trains:
+            resumed = dict(trial.config).get(RESUME_KEY)
+            self.records.write(resumed["id"] if resumed else trial.trial_id, checkpoint=uri)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        row = self.table.rows.get(trial.trial_id)
+        if row is None and trial.last_result:
+            row = self.table.rows.get(str(trial.last_result.get("resumed_from")))
+        if row is not None:
+            self._consider(row)
         self._update()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        config = dict(trial.config)
+        resumed = config.get(RESUME_KEY)
+        row_id = resumed["id"] if resumed else trial.trial_id
+        params = {k: v for k, v in config.items() if k != RESUME_KEY}
         if lost_with_its_node(_error(trial)):
-            self.lost += 1
-            logger.warning("trial %s (%s) was lost with its worker node; another trial will take its place",
-                           trial.trial_id, self.method.describe(dict(trial.config)))
-        elif trial.trial_id not in self.table:
-            params = dict(trial.config)
-            cost = self.method.cost(params)
-            message = _error_message(trial)
-            self.table.add({"trial_id": trial.trial_id, "method": self.method.name, "space": self.method.space.name,
-                            "config": self.method.describe(params), "macs_torchprofile": cost.torchprofile,
-                            "macs_fvcore": cost.fvcore, "params": cost.params, "feasible": True, "status": "error",
-                            "error": message, "finished_at": _now()})
+            if self.method.trains and (resumed or self.records.checkpoints.get(trial.trial_id)):
+                logger.warning("trial %s (%s) was lost with its worker node; it continues from its checkpoint",
+                               row_id, self.method.describe(params))
+            else:
+                self.lost += 1
+                logger.warning("trial %s (%s) was lost with its worker node; another trial will take its place",
+                               row_id, self.method.describe(params))
+        elif row_id not in self.table:
+            bound = self.method.bound(params)
+            self.table.add({"trial_id": row_id, "method": self.method.name, "space": self.method.space.name,
+                            "config": self.method.describe(params), "params_json": json.dumps(params),
+                            "macs_torchprofile": bound.torchprofile if bound else None,
+                            "macs_fvcore": bound.fvcore if bound else None, "params": bound.params if bound else None,
+                            "feasible": None, "status": "error", "error": _error_message(trial),
+                            "finished_at": now()})
+            if self.method.trains:
+                self.records.write(row_id, status="failed")
         self._update()
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _now() -> str:
-    """Wall-clock time with milliseconds (throughput is read off these stamps)."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
 
 
 def lost_with_its_node(error: BaseException | None) -> bool:
@@ -254,7 +448,10 @@ def _last_failure(trial) -> str:
 
 def _error_message(trial) -> str:
     lines = [line for line in _last_failure(trial).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "trial failed"
+    text = lines[-1] if lines else "trial failed"
+    # "ray.exceptions.RayTaskError(UserError): ...: message" -> the message a user can act on
+    text = re.sub(r"^.*?UserError\)?:\s*", "", text)
+    return text[:500]
 
 
 def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
@@ -264,15 +461,18 @@ def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
     return max(1, slots)
 
 
-def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path, storage: str, address: str | None,
-                sampler, experiment: str, done: int) -> TuneRound:
-    """Run ``options.trials - done`` trials; says how many samples were rejected and how many trials lost."""
+def tune_trials(method: Method, options, table: ResultsTable, records: TrialRecords, *, storage_path: str,
+                study_storage: str, address: str | None, sampler, experiment: str, done: int,
+                queue: list[dict[str, Any]]) -> TuneRound:
+    """Run ``options.trials - done`` trials (``queue`` first); says what was rejected, repaired and lost."""
     import ray
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Per-trial loggers and checkpoints cost more than a subnet evaluation; trials.csv is the record.
+    # Per-trial loggers cost more than a subnet evaluation; trials.csv and trials/<id>/ are the record.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Progress results of training trials carry no quality yet.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_here = not ray.is_initialized()
@@ -288,30 +488,36 @@ def tune_trials(method: SearchMethod, options, table: ResultsTable, *, out: Path
         # allow one pending trial per slot of the cluster.
         slots = _trial_slots(ray.cluster_resources(), options.cpus_per_trial, options.gpus_per_trial)
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, slots)))
-        # Sampling runs on an in-memory study (samples over budget are many and cheap); evaluated trials
-        # are copied into the run's SQLite study, which a resumed search loads back.
-        record = optuna.create_study(study_name="search", storage=storage, directions=["maximize", "minimize"],
+        # Sampling runs on an in-memory study (samples over budget are cheap); evaluated trials are
+        # copied into the run's SQLite study, which a resumed search loads back.
+        record = optuna.create_study(study_name="search", storage=study_storage, directions=["maximize", "minimize"],
                                      load_if_exists=True)
-        reconcile_record(record, table, method)
+        reconcile_record(record, table, method, options.macs_convention)
         inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed)
-        searcher = BudgetSearcher(inner, method, table, budget=options.budget, convention=options.macs_convention,
-                                  record=record)
-        progress = ProgressCallback(method, table, total=options.trials, done=done,
-                                    convention=options.macs_convention, enabled=options.progress)
+        searcher = BudgetSearcher(inner, method, table, records, budget=options.budget,
+                                  convention=options.macs_convention, record=record, queue=queue, seed=options.seed)
+        progress = ProgressCallback(method, table, records, total=options.trials, done=done,
+                                    convention=options.macs_convention, budget=options.budget,
+                                    enabled=options.progress)
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(CandidateTrainable, context=method.context), resources)
+        trainable = tune.with_resources(tune.with_parameters(MethodTrainable, context=method.context), resources)
+        checkpoints = CheckpointConfig(checkpoint_at_end=True, checkpoint_frequency=1, num_to_keep=2) \
+            if method.trains else CheckpointConfig(checkpoint_at_end=False, checkpoint_frequency=0)
         tuner = tune.Tuner(
             trainable,
-            param_space={name: tune.choice(list(choices)) for name, choices in method.parameters().items()},
-            tune_config=TuneConfig(search_alg=searcher, num_samples=options.trials - done, reuse_actors=True),
-            run_config=RunConfig(name=experiment, storage_path=str(out / "tune"), verbose=0, callbacks=[progress],
+            param_space=tune_space(method),
+            tune_config=TuneConfig(search_alg=searcher, num_samples=options.trials - done,
+                                   reuse_actors=not method.trains),
+            run_config=RunConfig(name=experiment, storage_path=storage_path, verbose=0, callbacks=[progress],
                                  failure_config=FailureConfig(max_failures=options.max_failures),
-                                 checkpoint_config=CheckpointConfig(checkpoint_at_end=False, checkpoint_frequency=0)),
+                                 checkpoint_config=checkpoints),
         )
         tuner.fit()
         progress.close()
-        return TuneRound(rejected=searcher.rejected, lost=progress.lost)
+        return TuneRound(rejected=searcher.rejected, repaired=searcher.repaired, lost=progress.lost)
     finally:
         if started_here:
             ray.shutdown()
-        reconcile_record(optuna.load_study(study_name="search", storage=storage), table, method)
+        table.save()
+        reconcile_record(optuna.load_study(study_name="search", storage=study_storage), table, method,
+                         options.macs_convention)

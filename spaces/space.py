@@ -14,7 +14,7 @@ from torch import nn
 from spaces.errors import UserError
 from spaces.modules import Cost, build_generator, plan_cost
 from spaces.plan import Plan, agd_token, make_plan
-from spaces.schema import SpaceSpec, load_space_file
+from spaces.schema import SpaceSpec, load_space_file, parse_space
 
 Choice = Union[int, str]
 Config = dict[str, Choice]
@@ -59,6 +59,11 @@ class SearchSpace:
     def __init__(self, spec: SpaceSpec) -> None:
         self.spec = spec
         self.sites = _sites(spec)
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str, name: str) -> SearchSpace:
+        """A space from a space file's text (as checkpoints embed it); ``source`` names it in errors."""
+        return cls(parse_space(text, file=source, name=name))
 
     @property
     def name(self) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nas.distill import layer_positions
-from nas.train import make_distiller
+from nas.distill import make_distiller
 from spaces import load_space
 
 TEACHER = "tests/spaces/tiny_teacher.yaml"

@@ -11,6 +11,7 @@ from PIL import Image
 
 from nas import apply as apply_cli
 from nas import export as export_cli
+from nas.checkpoint import load_supernet
 from nas import train
 from nas.checkpoint import load_generator
 from nas.data import SR4X_SPLIT
@@ -25,7 +26,7 @@ def trained(tiny_models):
 
 def test_export_writes_three_forms_that_agree(tmp_path, trained):
     _, supernet_path = trained
-    supernet, _ = train.load_supernet(supernet_path)
+    supernet, _ = load_supernet(supernet_path)
     config = "8_16_16_4_0_8_4_0_8_0_4_8_4"
     assert export_cli.main(["--supernet", str(supernet_path), "--config", config, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "export.json").read_text())
@@ -106,7 +107,7 @@ def test_publish_writes_slim_files_and_a_manifest(tmp_path, trained):
     assert entry["metrics"]["test"]["psnr"] > 10 and entry["bicubic_psnr"]["test"] > 20
     assert manifest["supernet"]["metrics"]["min"]["val"]["fidelity_psnr"] > 10
     assert (tmp_path / "supernet.pth").stat().st_size < supernet_path.stat().st_size  # no optimizer state
-    supernet, _ = train.load_supernet(tmp_path / "supernet.pth")
+    supernet, _ = load_supernet(tmp_path / "supernet.pth")
     assert load_generator(tmp_path / "teacher.pth").meta["task"] == "sr4x"
     assert set(entry["metrics"]["test"]["per_image"]) == set(SR4X_SPLIT["test"])  # whole photos, each reported
     assert "share" in manifest["supernet"]["metrics"]["max"]["test"]

@@ -11,6 +11,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from nas.methods.ofa import OfaOptions
+from nas.results import ResultsTable
 from spaces import load_space
 
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance at a time on two cores
@@ -83,12 +85,12 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 400
     while time.time() < deadline:
-        if (out / "trials.csv").exists() and len(pd.read_csv(out / "trials.csv")) >= 2:
+        if out.exists() and len(ResultsTable(out / "trials.csv")) >= 2:  # rows of the CSV and its journal
             break
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    before = ResultsTable(out / "trials.csv").frame()
     assert 2 <= len(before) < 8
     done = run(search_cmd(tiny_models, out, "--resume")[:3] + ["--out", str(out), "--resume", "--no-progress"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -109,18 +111,18 @@ def test_trials_lost_with_their_node_are_replaced_by_new_samples(tmp_path, tiny_
 
     rounds, real_tune_trials = [], tune_driver.tune_trials
 
-    def first_round_loses_two(method, options, table, **kwargs):
+    def first_round_loses_two(method, options, table, records, **kwargs):
         # The first round finishes two trials fewer and reports them lost, as a node loss would.
         rounds.append(kwargs["experiment"])
         short = replace(options, trials=options.trials - 2) if len(rounds) == 1 else options
-        result = real_tune_trials(method, short, table, **kwargs)
-        return tune_driver.TuneRound(result.rejected, lost=2) if len(rounds) == 1 else result
+        result = real_tune_trials(method, short, table, records, **kwargs)
+        return tune_driver.TuneRound(result.rejected, result.repaired, lost=2) if len(rounds) == 1 else result
 
     monkeypatch.setattr(tune_driver, "tune_trials", first_round_loses_two)
     teacher, supernet = tiny_models
-    out = search.run_search(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher),
-                                                 supernet=str(supernet), trials=4, out=str(tmp_path / "run"),
-                                                 finetune_steps=0, progress=False))
+    out = search.run_search(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher), trials=4,
+                                                 out=str(tmp_path / "run"), progress=False,
+                                                 method_options=OfaOptions(str(supernet), finetune_steps=0)))
     table = pd.read_csv(out / "trials.csv", dtype={"config": str})
     assert rounds == ["tune-0", "tune-0-1"] and len(table) == 4 and (table["status"] == "ok").all()
     info = json.loads((out / "run.json").read_text())
@@ -161,9 +163,10 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
 
     teacher, supernet = tiny_models
     method = search.prepare(search.SearchOptions(space=SPACE, budget=30_000_000, teacher=str(teacher),
-                                                 supernet=str(supernet)))
+                                                 method_options=OfaOptions(str(supernet))))
     table = ResultsTable(tmp_path / "trials.csv")
-    progress = tune_driver.ProgressCallback(method, table, total=2, done=0, convention="torchprofile", enabled=False)
+    progress = tune_driver.ProgressCallback(method, table, tune_driver.TrialRecords(tmp_path / "trials"), total=2,
+                                            done=0, convention="torchprofile", budget=30_000_000, enabled=False)
     node_died = died("The actor died because its node has died. Node Id: 262bba9c")
 
     def trial(name, *failures):
@@ -176,7 +179,7 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
                 f.write(f"Failure # {n} (occurred at 2026-11-24_19-29-16)\n{error}\n")
             if isinstance(error, ActorDiedError):
                 (folder / "error.pkl").write_bytes(cloudpickle.dumps(error))
-        return SimpleNamespace(trial_id=name, config={k: v[0] for k, v in method.parameters().items()},
+        return SimpleNamespace(trial_id=name, config={k: v.choices[0] for k, v in method.parameters().items()},
                                error_file=str(folder / "error.txt"), pickled_error_file=str(folder / "error.pkl"))
 
     progress.on_trial_error(0, [], trial("lost", node_died))
@@ -251,3 +254,19 @@ def test_resume_refuses_a_run_measured_with_another_protocol(tmp_path, tiny_mode
     done = run([sys.executable, "-m", "nas.search", "--out", str(out), "--resume", "--no-progress"])
     assert done.returncode == 2 and "another protocol (256x256 centre crops)" in done.stderr
     assert "Traceback" not in done.stderr and not (out / "trials.csv").exists()
+
+
+def test_a_tight_budget_finishes_by_repairing_samples(tmp_path, tiny_models):
+    """5% above the smallest config: most samples are over budget; after a few rejections one is
+    shrunk to fit, so the search makes progress instead of drowning Optuna in failed samples."""
+    out = tmp_path / "run"
+    began = time.time()
+    done = run(search_cmd(tiny_models, out, "--budget", "1.845M", "--trials", "8"))
+    elapsed = time.time() - began
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert len(table) == 8 and (table["status"] == "ok").all() and (table["macs_torchprofile"] <= 1_845_000).all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["repaired"] > 0 and info["rejected"] >= 20 * info["repaired"]
+    assert "repaired to fit it" in done.stdout
+    assert elapsed < 60

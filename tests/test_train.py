@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from nas import train
-from nas.checkpoint import load_generator, safe_load
+from nas.discriminator import discriminator_from
+from nas.checkpoint import load_generator, load_supernet, safe_load
+from nas.methods.ofa import parse_sandwich, sandwich_config
 from spaces import UserError, load_space
 
 SPACES = "tests/spaces"
@@ -78,7 +80,7 @@ def test_supernet_training_resume_and_inherited_subnets(tmp_path, teacher, space
     a, b = tmp_path / "a" / "checkpoint.pth", tmp_path / "b" / "checkpoint.pth"
     assert_same_state(state_of(a, "supernet"), state_of(b, "supernet"))
     assert_same_state(state_of(a, "mappers"), state_of(b, "mappers"))
-    supernet, record = train.load_supernet(a)
+    supernet, record = load_supernet(a)
     assert set(record["metrics"]) >= {"val_max", "val_min"} and record["metrics"]["val_max"]["psnr"] > 10
     config = supernet.space.sample(__import__("random").Random(0))
     supernet.set_active(config)
@@ -89,15 +91,15 @@ def test_supernet_training_resume_and_inherited_subnets(tmp_path, teacher, space
 
 def test_sandwich_rule_visits_largest_and_smallest():
     space = load_space(f"{SPACES}/tiny_resnet.yaml")
-    configs = [space.encode(train.sandwich_config(space, 0, step)) for step in range(8)]
+    configs = [space.encode(sandwich_config(space, 0, step)) for step in range(8)]
     assert configs[0] == configs[4] == space.encode(space.max_config())
     assert configs[1] == configs[5] == space.encode(space.min_config())
     # another cycle: no largest subnet, and only random ones after the smallest
-    schedule = train.parse_sandwich("min,random,random")
-    configs = [space.encode(train.sandwich_config(space, 0, step, schedule)) for step in range(6)]
+    schedule = parse_sandwich("min,random,random")
+    configs = [space.encode(sandwich_config(space, 0, step, schedule)) for step in range(6)]
     assert configs[0] == configs[3] == space.encode(space.min_config()) and space.encode(space.max_config()) not in configs
     with pytest.raises(UserError, match="'biggest' is not a phase"):
-        train.parse_sandwich("max,biggest")
+        parse_sandwich("max,biggest")
 
 
 def test_supernet_on_unpaired_data_distils_teacher_outputs(tmp_path, teacher):
@@ -114,10 +116,7 @@ def test_supernet_on_unpaired_data_distils_teacher_outputs(tmp_path, teacher):
 
 
 def test_supernet_discriminator_starts_from_the_teachers(tmp_path, teacher):
-    args = train.build_parser().parse_args(["supernet", "--space", f"{SPACES}/tiny_resnet.yaml", "--teacher",
-                                            str(teacher), "--out", str(tmp_path), "--gan-weight", "0.1"])
-    loop = train._make_loop(args)
-    disc, _ = train._supernet_discriminator(args, load_space(args.space), loop)
+    disc = discriminator_from(str(teacher), 3, ndf=32)  # the teacher was trained with ndf 8: its width wins
     assert_same_state(disc.state_dict(), safe_load(teacher)["discriminator"])
 
 

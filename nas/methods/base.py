@@ -1,0 +1,219 @@
+"""The interface every search method implements, and what a trial produces.
+
+Where each call runs:
+
+- on the **driver** (``nas.search``): ``Method(context, options)``, ``space``, ``parameters``,
+  ``first_params``, ``bound`` (the budget gate before a trial, when the cost is known before any
+  work), ``describe``, ``load_reference`` / ``judge`` and ``export`` (the best candidate, after
+  the trials);
+- on a **worker** (a Tune trial, or ``nas.train student`` alone): ``load`` (once per worker), then
+  ``start(params)`` gives a ``Trial`` whose ``step`` runs until it returns a ``Candidate``;
+  ``save`` / ``restore`` give a trial that trains its checkpoints, so that a retry, a lost node or
+  a resumed search continues it instead of starting over.
+
+A ``Candidate`` is what a trial produced (config, exact cost, quality, latency, weights): the row of
+``trials.csv``, the Pareto front and the exported student come from it. Nothing here imports Ray,
+Optuna, fvcore, torchprofile or plotly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from evaluators.quality import Quality, evaluate_on, reference
+from nas.checkpoint import load_generator
+from nas.data import load_task
+from spaces.errors import UserError
+from spaces.modules import Cost
+from spaces.space import Choice, SearchSpace, load_space
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """A sampled parameter with fixed choices."""
+
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A sampled float, log-uniform in [low, high]."""
+
+    low: float
+    high: float
+
+
+Param = Categorical | LogUniform
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a worker needs, as paths and numbers (weights are loaded on the worker, once)."""
+
+    method: str
+    task: str
+    teacher: str
+    space: str  # a name (spaces/<task>/NAME.yaml on the embedded default) or a YAML path
+    budget: int
+    seed: int = 0
+    latency_resolution: int = 256
+    latency_repeats: int = 3
+    device: str = "cpu"
+    macs_convention: str = "torchprofile"
+    options: Any = None  # the method's Options
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a trial produced. ``weights`` names the student's file in the trial's last checkpoint
+    (None where the student is derived from the config alone, as a supernet's subnet is)."""
+
+    config: str
+    cost: Cost
+    quality: Quality
+    latency_ms: float | None
+    weights: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific facts (e.g. kd's factor)
+
+    def result(self) -> dict[str, Any]:
+        """The candidate as a flat Tune result (what the driver turns into a row)."""
+        # ("config" is taken: Tune puts the trial's parameters there)
+        return {"architecture": self.config, "macs_torchprofile": self.cost.torchprofile, "macs_fvcore": self.cost.fvcore,
+                "params": self.cost.params, "quality": self.quality.score, "quality_metric": self.quality.metric,
+                **self.quality.as_dict(), "latency_ms": self.latency_ms, "weights": self.weights,
+                **{f"extra_{k}": v for k, v in self.extra.items()}}
+
+
+class Trial(ABC):
+    """One trial on a worker: ``step`` until it returns a Candidate."""
+
+    @abstractmethod
+    def step(self) -> dict[str, Any] | Candidate:
+        """Advance; a dict reports progress (``step``, ``steps``, ``loss``), a Candidate ends the trial."""
+
+    @property
+    def steps_done(self) -> int:
+        """Training steps behind this trial so far (0 for a trial that does not train)."""
+        return 0
+
+    def save(self, folder: Path) -> None:
+        """Write what ``restore`` needs into ``folder`` (a cheap trial keeps nothing)."""
+
+    def restore(self, folder: Path) -> None:
+        """Continue from what ``save`` wrote."""
+
+
+def check_range(options: Any, name: str, low: float | None = None, high: float | None = None) -> None:
+    """Options validation in one line: ``name`` is a finite number within [low, high]."""
+    value, flag = getattr(options, name), "--" + name.replace("_", "-")
+    if not math.isfinite(float(value)):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    if low is not None and high is not None and not low <= value <= high:
+        raise UserError(f"{flag} must be in [{low:g}, {high:g}], got {value}")
+    if low is not None and value < low:
+        raise UserError(f"{flag} must be at least {low:g}, got {value}")
+    if high is not None and value > high:
+        raise UserError(f"{flag} must be at most {high:g}, got {value}")
+
+
+class Method(ABC):
+    """One search method. ``Options`` is its typed options dataclass (its command-line flags)."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    # Trials that train are checkpointed and continued from their checkpoint when retried; cheap
+    # ones are replaced by a new sample when lost.
+    trains: ClassVar[bool] = False
+    # Which commands run it: "search" (nas.search) and/or "student" (nas.train student, one trial).
+    commands: ClassVar[tuple[str, ...]] = ("search",)
+    default_trials: ClassVar[int] = 40
+
+    def __init__(self, context: SearchContext) -> None:
+        self.context = context
+        self.options = context.options if context.options is not None else self.Options()
+
+    @classmethod
+    def fill_defaults(cls, options: Any, task: str, space: str, shipped: dict[str, Any] | None,
+                      weights_dir: Path) -> Any:
+        """Options with the shipped weights filled in where the user gave none (embedded default)."""
+        return options
+
+    @property
+    @abstractmethod
+    def space(self) -> SearchSpace:
+        """The space whose MACs the budget applies to."""
+
+    @abstractmethod
+    def parameters(self) -> dict[str, Param]:
+        """Name -> distribution of every sampled parameter, in a fixed order."""
+
+    def first_params(self) -> list[dict[str, Any]]:
+        """Parameter sets to evaluate before any sample (e.g. a training method's target = the budget)."""
+        return []
+
+    def bound(self, params: dict[str, Any]) -> Cost | None:
+        """The candidate's cost before any work, when it is known then; None when training decides it."""
+        return None
+
+    def repair(self, params: dict[str, Any], budget: int, rng: random.Random) -> dict[str, Any]:
+        """``params`` changed so that ``bound`` fits ``budget`` (methods with a bound only)."""
+        raise NotImplementedError(f"{self.name} gives no cost bound, so nothing is repaired")
+
+    def describe(self, params: dict[str, Any]) -> str:
+        """A short text for progress and logs."""
+        return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+    def load(self) -> None:
+        """Load what trials need (weights, validation data); called once per worker."""
+        self.load_reference(self.context.device)
+
+    def load_reference(self, device: str, *, teacher: torch.nn.Module | None = None) -> None:
+        """The val split and the teacher's reference on it, on ``device``."""
+        self.val = load_task(self.context.task).eval_set("val")
+        self.teacher_module = teacher if teacher is not None else load_generator(self.context.teacher).module
+        self.reference = reference(self.teacher_module, self.val, device)
+        self._judge_device = device
+
+    def judge(self, module: torch.nn.Module) -> Quality:
+        """Quality of a student on the val split, against the teacher's reference (after ``load_reference``)."""
+        return evaluate_on(module, self.val, self.reference, device=self._judge_device)
+
+    def latency(self, module: torch.nn.Module) -> float:
+        from evaluators.latency import median_latency_ms
+
+        return median_latency_ms(module, self.space.spec.in_channels, self.context.latency_resolution,
+                                 self.context.latency_repeats, self.context.device)
+
+    @abstractmethod
+    def start(self, params: dict[str, Any]) -> Trial:
+        """A trial for ``params`` (after ``load``)."""
+
+    @abstractmethod
+    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
+               progress: bool = False) -> dict[str, Any]:
+        """Write the candidate of ``row`` (its student in ``weights``, fetched from the trial's
+        checkpoint) as a standalone student (nas.export's forms) to ``out``."""
+
+
+def resolve_space(name: str, task: str) -> SearchSpace:
+    """``--space NAME`` on the embedded default is ``spaces/<task>/NAME.yaml``; a path works as it is."""
+    from spaces.space import BUILTIN_DIR, builtin_spaces
+
+    if Path(name).suffix in (".yaml", ".yml") or "/" in name:
+        if not Path(name).is_file():
+            raise UserError(f"space file {name} not found")
+        return load_space(name)
+    task_space = BUILTIN_DIR / task / f"{name}.yaml"
+    if "/" not in task and task_space.is_file():
+        return load_space(task_space)
+    if name in builtin_spaces():
+        return load_space(name)
+    raise UserError(f"unknown space {name!r}; give one of {', '.join(builtin_spaces())} or the path of a space "
+                    "YAML file")

@@ -1,0 +1,257 @@
+"""``kd``: knowledge distillation into a uniformly scaled student (Aguinaldo et al. 2019).
+
+The student is the space's largest config with every width scaled by one factor f: each site takes
+its largest choice at most f times its largest choice, or its smallest choice where none is that
+small (an agd layer keeps the max config's operator and scales its width; ``skip`` stays). f is the
+largest on a grid of 1/32 steps whose exact MACs are at most the trial's target. This scales the
+space's largest config rather than the teacher's own architecture, as the paper does, so that the
+student is a candidate of the searched space.
+
+The loss is ``alpha * MSE(S(x), T(x)) + (1 - alpha) * LSGAN``, with alpha on the distillation term
+(unofficial reimplementations disagree on this): alpha = 1, the default, is pure MSE to the frozen
+teacher's output. The student trains from scratch; no hyperparameter is sampled besides the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nas.checkpoint import generator_record, load_generator, read_training_record, save_generator
+from nas.data import Task, load_task
+from nas.discriminator import discriminator_from
+from nas.methods.base import Candidate, LogUniform, Method, Param, SearchContext, Trial, check_range, resolve_space
+from nas.training import Objective, TrainSettings, Training, adam, optimize, with_gan
+from spaces.errors import UserError
+from spaces.plan import agd_token, parse_agd_token
+from spaces.space import Config, SearchSpace
+
+GRID = 32  # the factor's grid: multiples of 1/32
+
+
+def scaled_config(space: SearchSpace, factor: float) -> Config:
+    """The space's largest config with every width scaled by ``factor`` (see the module's docstring)."""
+    largest = space.max_config()
+    config: Config = {}
+    for site in space.sites:
+        top = largest[site.name]
+        if isinstance(top, str):  # an agd layer: keep the operator, scale the width
+            op, width = parse_agd_token(top)
+            if op == "skip":
+                config[site.name] = top
+                continue
+            widths = sorted(w for o, w in map(parse_agd_token, site.choices) if o == op)
+            fits = [w for w in widths if w <= factor * width + 1e-9]
+            config[site.name] = agd_token(op, fits[-1] if fits else widths[0])
+        else:
+            fits = [c for c in site.choices if c <= factor * top + 1e-9]
+            config[site.name] = max(fits) if fits else min(site.choices)
+    return config
+
+
+def kd_student(space: SearchSpace, target: float, convention: str = "torchprofile") -> tuple[float, Config]:
+    """The largest factor on the grid whose scaled config costs at most ``target`` MACs, and that config."""
+    for k in range(GRID, 0, -1):
+        config = scaled_config(space, k / GRID)
+        if space.macs(config, convention=convention) <= target:
+            return k / GRID, config
+    smallest = space.macs(scaled_config(space, 1 / GRID), convention=convention)
+    raise UserError(f"kd: no uniformly scaled config of space '{space.name}' fits the target "
+                    f"{target / 1e9:.4g}G MACs (the smallest, at factor 1/{GRID}, costs {smallest / 1e9:.4g}G); "
+                    "raise the budget")
+
+
+@dataclass(frozen=True)
+class KdOptions:
+    alpha: float = field(default=1.0, metadata={
+        "help": "weight of the MSE to the teacher's output; 1 - alpha weighs the LSGAN loss (1: pure MSE)"})
+    steps: int = field(default=300, metadata={"help": "training steps of each student"})
+    batch_size: int = field(default=16, metadata={"help": "training batch"})
+    crop: int = field(default=64, metadata={"help": "training crop size (pixels)"})
+    lr: float = field(default=4e-4, metadata={"help": "Adam learning rate (cosine decay to 0)"})
+    checkpoint_every: int = field(default=100, metadata={"help": "steps between a trial's checkpoints"})
+    discriminator: str | None = field(default=None, metadata={
+        "help": "PatchGAN to start from when alpha < 1 (default: the teacher checkpoint's, else a fresh one)"})
+    ndf: int = field(default=32, metadata={"help": "width of a fresh discriminator"})
+
+    def __post_init__(self) -> None:
+        check_range(self, "alpha", 0.0, 1.0)
+        check_range(self, "lr", 1e-12, 10.0)
+        for name in ("steps", "batch_size", "crop", "checkpoint_every", "ndf"):
+            check_range(self, name, 1, None)
+
+    def settings(self, seed: int) -> TrainSettings:
+        return TrainSettings(steps=self.steps, batch_size=self.batch_size, crop=self.crop, lr=self.lr, seed=seed,
+                             eval_every=self.steps, checkpoint_every=self.checkpoint_every,
+                             gan_weight=1.0 - self.alpha, ndf=self.ndf)
+
+
+class KdObjective(Objective):
+    """alpha * MSE(student(x), teacher(x)) + (1 - alpha) * LSGAN(student(x)); the teacher is frozen."""
+
+    kind = "student"
+    label = "kd"
+
+    def __init__(self, space: SearchSpace, config: Config, teacher: torch.nn.Module, settings: TrainSettings,
+                 device: torch.device, *, alpha: float, teacher_path: str, discriminator: str | None,
+                 space_arg: str) -> None:
+        self.space, self.config, self.settings, self.alpha = space, space.validate(config), settings, alpha
+        self._identity = {"method": "kd", "space": space_arg, "config": space.encode(self.config),
+                          "teacher": teacher_path, "alpha": alpha}
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        torch.manual_seed(settings.seed)
+        self.student = space.build(self.config).to(device).train()
+        self.opt_g = adam(self.student.parameters(), settings.lr, alpha < 1)
+        self.disc = self.opt_d = None
+        if alpha < 1:
+            self.disc = discriminator_from(discriminator or teacher_path, space.spec.out_channels,
+                                           ndf=settings.ndf).to(device)
+            self.opt_d = adam(self.disc.parameters(), settings.lr, True)
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.opt_g, self.opt_d) if o is not None]
+
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor | None) -> float:
+        with torch.no_grad():
+            t_out = self.teacher(x)
+        out = self.student(x)
+        loss = with_gan(self.alpha * F.mse_loss(out, t_out), self.disc, out, 1.0 - self.alpha)
+        optimize(loss, self.opt_g, self.disc, self.opt_d, y if y is not None else t_out, out)
+        return float(loss.detach())
+
+    def evaluate(self) -> dict[str, Any]:
+        return {}  # a trial judges its student once, at the end, against the teacher's reference
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "method": "kd", "generator": generator_record(self.student, self.space, self.config, method="kd"),
+            "discriminator": self.disc.state_dict() if self.disc is not None else None,
+            "optimizers": {"generator": self.opt_g.state_dict(),
+                           **({"discriminator": self.opt_d.state_dict()} if self.disc is not None else {})},
+        }
+
+    def load_state(self, record: dict[str, Any]) -> None:
+        self.student.load_state_dict(record["generator"]["state_dict"])
+        self.opt_g.load_state_dict(record["optimizers"]["generator"])
+        if self.disc is not None:
+            self.disc.load_state_dict(record["discriminator"])
+            self.opt_d.load_state_dict(record["optimizers"]["discriminator"])
+
+
+STUDENT_FILE = "student.pth"
+CHECKPOINT_FILE = "checkpoint.pth"
+
+
+class KdTrial(Trial):
+    """Trains one student for the target, ``checkpoint_every`` steps per step of the trial."""
+
+    def __init__(self, method: KdMethod, target: float) -> None:
+        self.method, self.target = method, float(target)
+        self.factor, self.config = kd_student(method.space, self.target, method.context.macs_convention)
+        options: KdOptions = method.options
+        objective = KdObjective(method.space, self.config, method.teacher_module, options.settings(method.context.seed),
+                                torch.device(method.context.device), alpha=options.alpha,
+                                teacher_path=method.context.teacher, discriminator=options.discriminator,
+                                space_arg=method.context.space)
+        self.training = Training(objective, method.task, objective.settings, torch.device(method.context.device),
+                                 task_spec=method.context.task)
+        self.candidate: Candidate | None = None
+
+    @property
+    def steps_done(self) -> int:
+        return self.training.step
+
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.training.objective.student
+
+    def step(self) -> dict[str, Any] | Candidate:
+        t = self.training
+        if not t.done:
+            t.advance(t.step + t.settings.checkpoint_every, evaluate=False)
+        if not t.done:
+            return {"step": t.step, "steps": t.settings.steps, "loss": t.loss}
+        student = self.student.eval()
+        method = self.method
+        self.candidate = Candidate(config=method.space.encode(self.config), cost=method.space.cost(self.config),
+                                   quality=method.judge(student), latency_ms=method.latency(student),
+                                   weights=STUDENT_FILE, extra={"factor": self.factor, "target": self.target,
+                                                                "steps": t.step})
+        return self.candidate
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.training.save(folder / CHECKPOINT_FILE)
+        if self.training.done:
+            save_generator(folder / STUDENT_FILE, self.student, self.method.space, self.config, method="kd",
+                           task=self.method.context.task, factor=self.factor, steps=self.training.step)
+
+    def restore(self, folder: Path) -> None:
+        record = read_training_record(folder / CHECKPOINT_FILE, kind="student")
+        self.training.restore(record, source=str(folder / CHECKPOINT_FILE))
+
+
+class KdMethod(Method):
+    """Uniformly scaled students distilled from the teacher (MSE), one per sampled MACs target."""
+
+    name = "kd"
+    Options = KdOptions
+    trains = True
+    commands = ("search", "student")
+    default_trials = 4
+
+    def __init__(self, context: SearchContext) -> None:
+        super().__init__(context)
+        self._space = resolve_space(context.space, context.task)
+        teacher = load_generator(context.teacher)
+        if (teacher.space.spec.in_channels, teacher.space.spec.out_channels) != \
+                (self._space.spec.in_channels, self._space.spec.out_channels):
+            raise UserError(f"teacher {context.teacher} maps {teacher.space.spec.in_channels} to "
+                            f"{teacher.space.spec.out_channels} channels but space {self._space.name} maps "
+                            f"{self._space.spec.in_channels} to {self._space.spec.out_channels}")
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._space
+
+    def target_range(self) -> tuple[float, float]:
+        """Targets are sampled log-uniformly in [max(budget / 8, the smallest config), budget]."""
+        budget = float(self.context.budget)
+        smallest = self._space.macs(self._space.min_config(), convention=self.context.macs_convention)
+        return min(budget, max(budget / 8, smallest)), budget
+
+    def parameters(self) -> dict[str, Param]:
+        return {"target": LogUniform(*self.target_range())}
+
+    def first_params(self) -> list[dict[str, Any]]:
+        return [{"target": float(self.context.budget)}]  # --trials 1 gives one student at the budget
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return f"target {float(params['target']) / 1e9:.4g}G"
+
+    def load(self) -> None:
+        super().load()
+        self.task: Task = load_task(self.context.task)
+
+    def start(self, params: dict[str, Any]) -> KdTrial:
+        if not hasattr(self, "task"):
+            self.load()
+        return KdTrial(self, params["target"])
+
+    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
+               progress: bool = False) -> dict[str, Any]:
+        from nas.export import export_generator
+
+        if weights is None:
+            raise UserError(f"trial {row.get('trial_id')} left no student weights; it cannot be exported")
+        student = load_generator(weights)
+        return export_generator(student.module, student.space, student.config, out,
+                                meta={"task": self.context.task, "method": "kd", "teacher": self.context.teacher,
+                                      **{k: v for k, v in student.meta.items() if k in ("factor", "steps")}})
