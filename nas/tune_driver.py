@@ -14,6 +14,7 @@ driver reads them from there, never from a worker's disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -149,6 +150,39 @@ class MethodTrainable(tune.Trainable):
             shutil.rmtree(self.logdir, ignore_errors=True)
 
 
+class Clock:
+    """Seconds the driver spends per trial, by whose code runs: the project's searcher and callbacks,
+    Optuna's sampler, and the run's SQLite record (``overhead.csv``; bench/search_overhead.py reads it)."""
+
+    PARTS = ("searcher", "callbacks", "sampler", "record")
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+        self.per_trial: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[part] += time.perf_counter() - began
+
+    def trial_done(self) -> None:
+        self.per_trial.append(self.totals)
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+
+    def write(self, path: Path) -> None:
+        new = not path.exists()
+        with open(path, "a") as f:
+            if new:
+                f.write("project_s,sampler_s,record_s\n")
+            for t in self.per_trial:  # the project's own work: searcher and callbacks less Optuna's parts
+                own = t["searcher"] + t["callbacks"] - t["sampler"] - t["record"]
+                f.write(f"{own:.6f},{t['sampler']:.6f},{t['record']:.6f}\n")
+        self.per_trial = []
+
+
 @dataclass
 class TrialRecords:
     """What the driver knows of each trial beyond its row: params, latest checkpoint, progress
@@ -200,7 +234,7 @@ class BudgetSearcher(Searcher):
     """
 
     def __init__(self, inner: OptunaSearch, method: Method, table: ResultsTable, records: TrialRecords, *,
-                 budget: int, convention: str, record, queue: list[dict[str, Any]], seed: int) -> None:
+                 budget: int, convention: str, record, queue: list[dict[str, Any]], seed: int, clock: Clock) -> None:
         super().__init__(metric=["quality", "macs"], mode=["max", "min"])
         self.inner, self.method, self.table, self.records = inner, method, table, records
         self.record = record  # the run's SQLite study: evaluated trials only
@@ -212,6 +246,7 @@ class BudgetSearcher(Searcher):
         self._params: dict[str, dict[str, Any]] = {}
         self._attempt = 0
         self.distributions = optuna_distributions(method)
+        self.clock = clock
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         ready = self.inner.set_search_properties(metric, mode, config, **spec)
@@ -224,6 +259,10 @@ class BudgetSearcher(Searcher):
         return None if bound is None else getattr(bound, self.convention)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        with self.clock("searcher"):
+            return self._suggest(trial_id)
+
+    def _suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.queue:
             params = self.queue.pop(0)
             self._probe[trial_id], self._params[trial_id] = None, params
@@ -232,7 +271,8 @@ class BudgetSearcher(Searcher):
         for _ in range(MAX_REJECTIONS + 1):
             self._attempt += 1
             probe = f"{trial_id}~{self._attempt}"
-            params = self.inner.suggest(probe)
+            with self.clock("sampler"):
+                params = self.inner.suggest(probe)
             if params is None or params == Searcher.FINISHED:
                 return params
             cost = self._cost(params)
@@ -240,7 +280,8 @@ class BudgetSearcher(Searcher):
                 self._probe[trial_id], self._params[trial_id] = probe, params
                 return params
             self.rejected += 1  # never evaluated; the in-memory study sees it fail, the run's record does not
-            self.inner.on_trial_complete(probe, result=None, error=True)
+            with self.clock("sampler"):
+                self.inner.on_trial_complete(probe, result=None, error=True)
         self.repaired += 1
         params = self.method.repair(params, self.budget, self.rng)
         self._probe[trial_id], self._params[trial_id] = None, params
@@ -250,6 +291,10 @@ class BudgetSearcher(Searcher):
         pass  # progress is the callback's; the sampler learns on completion
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        with self.clock("searcher"):
+            self._complete(trial_id, result, error)
+
+    def _complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id not in self._params:
             return
         probe, params = self._probe.pop(trial_id), self._params.pop(trial_id)
@@ -269,14 +314,16 @@ class BudgetSearcher(Searcher):
             self.records.write(row_id, status="finished")
         values = {"quality": result["quality"], "macs": row[f"macs_{self.convention}"]}
         try:
-            add_to_record(self.record, clean, self.distributions, row_id, row["config"], values)
+            with self.clock("record"):
+                add_to_record(self.record, clean, self.distributions, row_id, row["config"], values)
         except Exception as exc:  # the row is safe in trials.csv; the record is reconciled at the end
             logger.warning("could not copy trial %s into the Optuna record yet: %s", row_id, exc)
-        if probe is not None and clean == params:
-            self.inner.on_trial_complete(probe, result=values)
-        else:  # queued, resumed or repaired: the sampler learns what was really evaluated
-            self.inner._ot_study.add_trial(optuna.trial.create_trial(
-                params=clean, distributions=self.distributions, values=[values["quality"], values["macs"]]))
+        with self.clock("sampler"):
+            if probe is not None and clean == params:
+                self.inner.on_trial_complete(probe, result=values)
+            else:  # queued, resumed or repaired: the sampler learns what was really evaluated
+                self.inner._ot_study.add_trial(optuna.trial.create_trial(
+                    params=clean, distributions=self.distributions, values=[values["quality"], values["macs"]]))
 
     def save(self, checkpoint_path: str) -> None:
         # Resuming goes through trials.csv and the Optuna storage, not through Tune's searcher state.
@@ -329,7 +376,8 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, method: Method, table: ResultsTable, records: TrialRecords, *, total: int, done: int,
-                 convention: str, budget: int, enabled: bool) -> None:
+                 convention: str, budget: int, enabled: bool, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
         self.method, self.table, self.records, self.convention, self.budget = method, table, records, convention, budget
         self.lost = 0
         self.best: tuple[float, float] | None = None
@@ -379,6 +427,11 @@ class ProgressCallback(Callback):
             self.records.write(resumed["id"] if resumed else trial.trial_id, checkpoint=uri)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        with self.clock("callbacks"):
+            self._completed(trial)
+        self.clock.trial_done()
+
+    def _completed(self, trial) -> None:
         row = self.table.rows.get(trial.trial_id)
         if row is None and trial.last_result:
             row = self.table.rows.get(str(trial.last_result.get("resumed_from")))
@@ -494,11 +547,13 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
                                      load_if_exists=True)
         reconcile_record(record, table, method, options.macs_convention)
         inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed)
+        clock = Clock()
         searcher = BudgetSearcher(inner, method, table, records, budget=options.budget,
-                                  convention=options.macs_convention, record=record, queue=queue, seed=options.seed)
+                                  convention=options.macs_convention, record=record, queue=queue, seed=options.seed,
+                                  clock=clock)
         progress = ProgressCallback(method, table, records, total=options.trials, done=done,
                                     convention=options.macs_convention, budget=options.budget,
-                                    enabled=options.progress)
+                                    enabled=options.progress, clock=clock)
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(MethodTrainable, context=method.context), resources)
         checkpoints = CheckpointConfig(checkpoint_at_end=True, checkpoint_frequency=1, num_to_keep=2) \
@@ -514,6 +569,7 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
         )
         tuner.fit()
         progress.close()
+        clock.write(records.root.parent / "overhead.csv")
         return TuneRound(rejected=searcher.rejected, repaired=searcher.repaired, lost=progress.lost)
     finally:
         if started_here:

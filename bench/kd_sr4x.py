@@ -1,0 +1,67 @@
+"""kd on sr4x: a search with the kd method, its students then judged on the test split.
+
+    python bench/kd_sr4x.py [--space resnet] [--budget 0.5G] [--trials 2] [--steps 300] [--out runs/bench_kd]
+
+Runs ``python -m nas.search --method kd`` (the command users run) on the embedded default, then loads
+every trial's student from the run's storage and measures it on the whole test photos against the
+shipped teacher: PSNR, SSIM and the share of the teacher's gain over bicubic; with the trial's MACs
+and CPU seconds. Prints; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from evaluators.quality import evaluate_on, format_share, reference
+from nas.checkpoint import load_generator
+from nas.data import load_task
+from nas.defaults import default_teacher
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="resnet")
+    p.add_argument("--budget", default="0.5G")
+    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--steps", type=int, help="kd's --steps (default: the method's)")
+    p.add_argument("--out", default="runs/bench_kd")
+    args = p.parse_args()
+    out = Path(args.out)
+    command = [sys.executable, "-m", "nas.search", "--method", "kd", "--space", args.space, "--budget", args.budget,
+               "--trials", str(args.trials), "--out", str(out), "--no-progress",
+               *(["--steps", str(args.steps)] if args.steps else [])]
+    if not (out / "run.json").exists() or json.loads((out / "run.json").read_text()).get("status") != "finished":
+        began = time.perf_counter()
+        resume = ["--resume"] if (out / "run.json").exists() else []
+        subprocess.run(command[:3] + ["--out", str(out), "--resume", "--no-progress"] if resume else command,
+                       check=True)
+        print(f"search: {time.perf_counter() - began:.0f} s wall")
+    print("command: python -m nas.search " + " ".join(command[3:]))
+    table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str, "config": str})
+    task = load_task("sr4x")
+    teacher = load_generator(default_teacher("sr4x", None))
+    test = reference(teacher.module, task.eval_set("test"))
+    t_macs = teacher.space.macs(teacher.config)
+    print(f"test split (whole photos): teacher {test.teacher.psnr:.2f} dB, bicubic {test.baseline.psnr:.2f} dB "
+          f"(+{test.teacher_gain:.2f} dB); teacher {t_macs / 1e9:.3f}G MACs")
+    print(f"{'trial':<10}{'target':>9}{'config':>26}{'MACs':>9}{'x fewer':>9}{'val PSNR (share)':>20}"
+          f"{'test PSNR (share)':>20}{'test SSIM':>11}{'CPU s':>8}")
+    for _, row in table[table["status"] == "ok"].iterrows():
+        student = load_generator(row["weights"]).module
+        q = evaluate_on(student, test.eval_set, test)
+        target = json.loads(row["params_json"])["target"]
+        print(f"{row['trial_id']:<10}{target / 1e9:>8.3f}G{row['config']:>26}{row['macs_torchprofile'] / 1e9:>8.3f}G"
+              f"{t_macs / row['macs_torchprofile']:>9.1f}"
+              f"{f'{row.psnr:.2f} ({format_share(row.share)})':>20}{f'{q.psnr:.2f} ({format_share(q.share)})':>20}"
+              f"{q.ssim:>11.3f}{row['cpu_seconds']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()
