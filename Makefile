@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo inspect test test-slow bench clean
+.PHONY: venv demo inspect test test-slow bench bench-overhead clean
 
 venv: $(VENV)/.installed
 
@@ -23,8 +23,15 @@ inspect: venv
 
 bench: venv
 	$(PY) bench/ofa_sr4x.py
-	$(PY) bench/search_overhead.py
+	$(PY) bench/search_overhead.py --shipped
+	$(PY) bench/kd_sr4x.py
 	$(PY) bench/sampler_efficiency.py
+
+# Per-trial cost as a search grows: 2,000-trial searches, three repeats, and old against new code (about an hour)
+bench-overhead: venv
+	$(PY) bench/search_overhead.py --trials 2000 --repeats 3 --compare $(COMPARE)
+
+COMPARE ?= f64b9f0
 
 test: venv
 	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q

@@ -73,3 +73,26 @@ def dataclass_from_args(options: type, args: argparse.Namespace, base: object | 
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(options) if getattr(args, f.name, None) is not None}
     return dataclasses.replace(base, **given) if base is not None else options(**given)
+
+
+def parse_budget(text: str | None) -> int:
+    """``--budget`` (2.6G, 500M, 2.6e9) as MACs; a one-line error when missing or unreadable."""
+    from evaluators.macs import parse_macs
+
+    if not text:
+        raise UserError("--budget is required (e.g. --budget 2.6G, 500M or 2.6e9)")
+    try:
+        return parse_macs(text)
+    except ValueError as exc:
+        raise UserError(f"--budget: {exc}") from None
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``), read before the full parse
+    (the method decides which flags exist)."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None

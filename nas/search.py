@@ -2,10 +2,11 @@
 
     python -m nas.search --space inception --budget 0.5G
 
-Without --task/--teacher/--supernet it runs on the embedded default (sr4x with the shipped
-teacher and supernets). It writes runs/NAME/: trials.csv (one row per evaluated candidate),
-pareto.html, run.json, optuna.db (open it with optuna-dashboard) and best/ (the best feasible
-student, exported). The same command with --address runs on a Ray cluster.
+Without --task/--teacher (and, for ofa, --supernet) it runs on the embedded default (sr4x with the
+shipped teacher and supernets). It writes runs/NAME/: trials.csv (one row per candidate),
+pareto.html, run.json, optuna.db (open it with optuna-dashboard), trials/ (training trials'
+records and progress) and best/ (the best feasible student, exported). The same command with
+--address runs on a Ray cluster (with --storage where its nodes share no disk).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 import torch
 
-from evaluators.macs import format_macs, parse_macs
+from evaluators.macs import format_macs
 from evaluators.quality import PROTOCOL, format_share
-from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, run
+from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
 from nas.methods import Method, SearchContext, get_method, list_methods
@@ -361,15 +362,6 @@ def build_parser(method: str = "ofa") -> Parser:
     return p
 
 
-def _method_of(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg == "--method" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--method="):
-            return arg.split("=", 1)[1]
-    return "ofa"
-
-
 def _stored_options(out: str) -> tuple[dict[str, Any], str]:
     run_file = Path(out) / "run.json"
     if not run_file.is_file():
@@ -391,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--resume needs --out (the run folder to continue)")
         stored, method = _stored_options(known.out)
     else:
-        method = _method_of(argv)
+        method = flag_value(argv, "--method") or "ofa"
     args = build_parser(method).parse_args(argv)
     method_class = get_method(method)
     if stored is not None:
@@ -405,12 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "method_options": dataclass_from_args(method_class.Options, args, method_options)})
         run_search(options, resume=True, command=command)
         return 0
-    if not args.budget:
-        raise UserError("--budget is required (e.g. --budget 2.6G, 500M or 2.6e9)")
-    try:
-        budget = parse_macs(args.budget)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
+    budget = parse_budget(args.budget)
     options = SearchOptions(space=args.space, budget=budget, method=method, task=args.task, teacher=args.teacher,
                             trials=method_class.default_trials if args.trials is None else args.trials,
                             seed=args.seed, out=args.out or "", sampler=args.sampler,

@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from evaluators.quality import evaluate_on
-from nas.checkpoint import generator_record
 from nas.data import Task
 from nas.discriminator import PatchDiscriminator
-from nas.training import Objective, TrainSettings, adam, optimize, with_gan
+from nas.training import GeneratorObjective, TrainSettings, adam, optimize, with_gan
 from spaces.errors import UserError
 from spaces.space import Config, SearchSpace
 
 
-class TeacherObjective(Objective):
+class TeacherObjective(GeneratorObjective):
     """L1 to the ground truth (+ gan_weight * LSGAN) for ``space.build(config)``."""
 
     kind = "teacher"
@@ -42,9 +41,6 @@ class TeacherObjective(Objective):
     def identity(self) -> dict[str, Any]:
         return {"space": self.space_arg, "config": self.config_arg}
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.opt_g, self.opt_d) if o is not None]
-
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor | None) -> float:
         out = self.generator(x)
         loss = with_gan(F.l1_loss(out, y), self.disc, out, self.settings.gan_weight)
@@ -58,18 +54,5 @@ class TeacherObjective(Objective):
     def shown(self, metrics: dict[str, Any]) -> dict[str, str]:
         return {"val_psnr": f"{metrics.get('val_psnr') or 0:.2f}"}
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "generator": generator_record(self.generator, self.space, self.config, task=self.task_spec),
-            "discriminator": self.disc.state_dict() if self.disc is not None else None,
-            "discriminator_config": self.disc.config if self.disc is not None else None,
-            "optimizers": {"generator": self.opt_g.state_dict(),
-                           **({"discriminator": self.opt_d.state_dict()} if self.disc is not None else {})},
-        }
-
-    def load_state(self, record: dict[str, Any]) -> None:
-        self.generator.load_state_dict(record["generator"]["state_dict"])
-        self.opt_g.load_state_dict(record["optimizers"]["generator"])
-        if self.disc is not None:
-            self.disc.load_state_dict(record["discriminator"])
-            self.opt_d.load_state_dict(record["optimizers"]["discriminator"])
+    def record_meta(self) -> dict[str, Any]:
+        return {"task": self.task_spec}

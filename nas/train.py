@@ -15,10 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from nas.checkpoint import load_generator
-from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, run
+from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
 from nas.data import load_task
 from nas.device import pick_device
 from nas.distill import DISTILL_WEIGHT
@@ -70,7 +69,6 @@ def train_supernet(args: argparse.Namespace) -> Path:
 
 def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     """One trial of a training method, alone: checkpoints in OUT/trial/, the export in OUT/student/."""
-    from evaluators.macs import parse_macs
     from nas.defaults import default_teacher, shipped_manifest
     from nas.methods import get_method
     from nas.methods.base import Candidate, SearchContext
@@ -81,12 +79,7 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     options = method_class.Options()
     options = method_class.fill_defaults(dataclass_from_args(method_class.Options, args, options), args.task,
                                          args.space, shipped_manifest(args.task), DEFAULT_WEIGHTS)
-    if not args.budget:
-        raise UserError("--budget is required (e.g. --budget 0.5G, 500M or 5e8)")
-    try:
-        budget = parse_macs(args.budget)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
+    budget = parse_budget(args.budget)
     out = Path(args.out)
     folder = out / "trial"
     if args.resume and not (folder / "checkpoint.pth").is_file():
@@ -198,19 +191,9 @@ def build_parser(method: str | None = None) -> Parser:
     return parser
 
 
-def _method_of(argv: list[str]) -> str | None:
-    """The --method of a ``student`` command line (its options decide the flags)."""
-    for i, arg in enumerate(argv):
-        if arg == "--method" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--method="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = _method_of(argv) if argv[:1] == ["student"] else None
+    method = flag_value(argv, "--method") if argv[:1] == ["student"] else None
     args = build_parser(method).parse_args(argv)
     if args.what == "student":
         path = train_student(args, argv)

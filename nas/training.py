@@ -241,3 +241,38 @@ def run_to_checkpoint(training: Training, out: Path, *, resume: bool, stop_at: i
     if not checkpoint.exists() or training.step == 0:
         training.save(checkpoint)
     return checkpoint
+
+
+class GeneratorObjective(Objective):
+    """An objective over one generator of a space (``generator``, ``opt_g``) and, with a GAN loss, a
+    discriminator (``disc``, ``opt_d``): teachers and students checkpoint alike."""
+
+    generator: nn.Module
+    disc: nn.Module | None = None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None = None
+
+    def record_meta(self) -> dict[str, Any]:
+        """Extra entries of the generator's record (its ``meta``)."""
+        return {}
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.opt_g, self.opt_d) if o is not None]
+
+    def state(self) -> dict[str, Any]:
+        from nas.checkpoint import generator_record
+
+        return {
+            "generator": generator_record(self.generator, self.space, self.config, **self.record_meta()),
+            "discriminator": self.disc.state_dict() if self.disc is not None else None,
+            "discriminator_config": self.disc.config if self.disc is not None else None,
+            "optimizers": {"generator": self.opt_g.state_dict(),
+                           **({"discriminator": self.opt_d.state_dict()} if self.disc is not None else {})},
+        }
+
+    def load_state(self, record: dict[str, Any]) -> None:
+        self.generator.load_state_dict(record["generator"]["state_dict"])
+        self.opt_g.load_state_dict(record["optimizers"]["generator"])
+        if self.disc is not None:
+            self.disc.load_state_dict(record["discriminator"])
+            self.opt_d.load_state_dict(record["optimizers"]["discriminator"])

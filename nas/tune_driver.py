@@ -407,8 +407,8 @@ class ProgressCallback(Callback):
             resumed = config.get(RESUME_KEY)
             row_id = resumed["id"] if resumed else trial.trial_id
             params = {k: v for k, v in config.items() if k != RESUME_KEY}
-            self.records.write(row_id, id=row_id, params=params, status="running", tune_trial=trial.trial_id,
-                               **({} if resumed else {"checkpoint": None}))
+            # (a retried trial starts again: its last checkpoint stays recorded)
+            self.records.write(row_id, id=row_id, params=params, status="running", tune_trial=trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if self.method.trains and not result.get("done") and "step" in result:

@@ -38,3 +38,16 @@ def test_render_html_draws_the_record(tmp_path):
     html = (tmp_path / "p.html").read_text()
     assert "Pareto front" in html and "budget 0.25G" in html and "teacher" in html and "ca" in html
     assert "share of the teacher's gain" in html and "41%" in html and "n/a" in html
+
+
+def test_rows_survive_a_killed_driver_through_the_journal(tmp_path):
+    table = ResultsTable(tmp_path / "trials.csv", save_every=3600)  # as between two batched CSV writes
+    for i in range(5):
+        table.add(row(f"t{i}", 100 + i, 20.0 + i))
+    assert len(pd.read_csv(tmp_path / "trials.csv")) == 1  # the CSV has the first batch only
+    with open(tmp_path / "trials.journal", "a") as f:
+        f.write('{"trial_id": "cut sh')  # a line the kill cut short
+    again = ResultsTable(tmp_path / "trials.csv")
+    assert sorted(again.rows) == [f"t{i}" for i in range(5)] and again.rows["t4"]["quality"] == 24.0
+    again.save()
+    assert len(pd.read_csv(tmp_path / "trials.csv")) == 5 and not (tmp_path / "trials.journal").exists()

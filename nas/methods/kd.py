@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas.checkpoint import generator_record, load_generator, read_training_record, save_generator
-from nas.data import Task, load_task
+from nas.checkpoint import load_generator, read_training_record, save_generator
+from nas.data import Task, check_crop, load_task
 from nas.discriminator import discriminator_from
 from nas.methods.base import Candidate, LogUniform, Method, Param, SearchContext, Trial, check_range, resolve_space
-from nas.training import Objective, TrainSettings, Training, adam, optimize, with_gan
+from nas.training import GeneratorObjective, TrainSettings, Training, adam, optimize, with_gan
 from spaces.errors import UserError
 from spaces.plan import agd_token, parse_agd_token
 from spaces.space import Config, SearchSpace
@@ -90,7 +90,7 @@ class KdOptions:
                              gan_weight=1.0 - self.alpha, ndf=self.ndf)
 
 
-class KdObjective(Objective):
+class KdObjective(GeneratorObjective):
     """alpha * MSE(student(x), teacher(x)) + (1 - alpha) * LSGAN(student(x)); the teacher is frozen."""
 
     kind = "student"
@@ -104,8 +104,8 @@ class KdObjective(Objective):
                           "teacher": teacher_path, "alpha": alpha}
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         torch.manual_seed(settings.seed)
-        self.student = space.build(self.config).to(device).train()
-        self.opt_g = adam(self.student.parameters(), settings.lr, alpha < 1)
+        self.generator = space.build(self.config).to(device).train()
+        self.opt_g = adam(self.generator.parameters(), settings.lr, alpha < 1)
         self.disc = self.opt_d = None
         if alpha < 1:
             self.disc = discriminator_from(discriminator or teacher_path, space.spec.out_channels,
@@ -115,13 +115,10 @@ class KdObjective(Objective):
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.opt_g, self.opt_d) if o is not None]
-
     def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor | None) -> float:
         with torch.no_grad():
             t_out = self.teacher(x)
-        out = self.student(x)
+        out = self.generator(x)
         loss = with_gan(self.alpha * F.mse_loss(out, t_out), self.disc, out, 1.0 - self.alpha)
         optimize(loss, self.opt_g, self.disc, self.opt_d, y if y is not None else t_out, out)
         return float(loss.detach())
@@ -129,20 +126,12 @@ class KdObjective(Objective):
     def evaluate(self) -> dict[str, Any]:
         return {}  # a trial judges its student once, at the end, against the teacher's reference
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "method": "kd", "generator": generator_record(self.student, self.space, self.config, method="kd"),
-            "discriminator": self.disc.state_dict() if self.disc is not None else None,
-            "optimizers": {"generator": self.opt_g.state_dict(),
-                           **({"discriminator": self.opt_d.state_dict()} if self.disc is not None else {})},
-        }
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.generator
 
-    def load_state(self, record: dict[str, Any]) -> None:
-        self.student.load_state_dict(record["generator"]["state_dict"])
-        self.opt_g.load_state_dict(record["optimizers"]["generator"])
-        if self.disc is not None:
-            self.disc.load_state_dict(record["discriminator"])
-            self.opt_d.load_state_dict(record["optimizers"]["discriminator"])
+    def record_meta(self) -> dict[str, Any]:
+        return {"method": "kd"}
 
 
 STUDENT_FILE = "student.pth"
@@ -210,6 +199,7 @@ class KdMethod(Method):
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
         self._space = resolve_space(context.space, context.task)
+        check_crop(load_task(context.task), self.options.crop)  # here, not in every trial
         teacher = load_generator(context.teacher)
         if (teacher.space.spec.in_channels, teacher.space.spec.out_channels) != \
                 (self._space.spec.in_channels, self._space.spec.out_channels):

@@ -143,8 +143,7 @@ class OfaOptions:
     supernet: str | None = field(default=None, metadata={
         "help": "supernet checkpoint (nas.train supernet; default: the shipped one for --space)"})
     finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
-        "help": f"distillation steps for the exported best student (default {FINETUNE_STEPS}; 0: inherited weights "
-                "as they are)"})
+        "help": "distillation steps for the exported best student (0: inherited weights as they are)"})
 
     def __post_init__(self) -> None:
         check_range(self, "finetune_steps", 0, None)
