@@ -1,9 +1,11 @@
 """The one results table of a search: one row per candidate, built from what its trial produced.
 
 Rows go first to an append-only journal (``trials.journal``, one JSON line per row, O(1) per
-trial), and ``trials.csv`` is rewritten atomically from them in batches and at the end, so that the
-per-trial cost does not grow with the table and the CSV is always readable. Reading the table
-replays the journal over the CSV: a driver killed between two batches loses no row.
+trial), and ``trials.csv`` is rewritten atomically from them in batches whose size grows with the
+table (a tenth of its rows, at least ``MIN_BATCH``) and at the end: a rewrite costs time in
+proportion to the rows, so its share per trial stays the same however long the search, and the CSV
+is always readable. Reading the table replays the journal over the CSV: a driver killed between
+two batches loses no row.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ COLUMNS = [
 ]
 TEXT_COLUMNS = ("trial_id", "method", "space", "config", "quality_metric", "status", "error", "node", "weights",
                 "params_json", "finished_at")
-# trials.csv is rewritten at most this often while rows arrive (and always at the end)
-SAVE_EVERY_SECONDS = 5.0
+# trials.csv is rewritten after this many new rows, or a tenth of the table if more (and at the end)
+MIN_BATCH = 10
 
 
 def _clean(value: Any) -> Any:
@@ -35,13 +37,12 @@ def _clean(value: Any) -> Any:
 class ResultsTable:
     """``trials.csv`` of a run: rows keyed by trial id (a retried trial is one row)."""
 
-    def __init__(self, path: str | Path, *, save_every: float = SAVE_EVERY_SECONDS) -> None:
+    def __init__(self, path: str | Path, *, min_batch: int = MIN_BATCH) -> None:
         self.path = Path(path)
         self.journal = self.path.with_suffix(".journal")
-        self.save_every = save_every
+        self.min_batch = min_batch
         self.rows: dict[str, dict[str, Any]] = {}
-        self._saved_at = 0.0
-        self._dirty = False
+        self._unsaved = 0  # rows in the journal only
         if self.path.exists():
             import pandas as pd
 
@@ -58,7 +59,7 @@ class ResultsTable:
                     except json.JSONDecodeError:  # a line cut short by a killed driver
                         continue
                     self.rows[str(row["trial_id"])] = {c: row.get(c) for c in COLUMNS}
-                    self._dirty = True
+                    self._unsaved += 1
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,8 +78,8 @@ class ResultsTable:
             f.write(json.dumps(row, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        self._dirty = True
-        if time.monotonic() - self._saved_at >= self.save_every:
+        self._unsaved += 1
+        if not self.path.exists() or self._unsaved >= max(self.min_batch, len(self.rows) // 10):
             self.save()
 
     def frame(self):
@@ -88,11 +89,11 @@ class ResultsTable:
 
     def save(self) -> None:
         """Rewrite trials.csv atomically from every row; the journal then starts again."""
-        if not self._dirty and self.path.exists():
+        if not self._unsaved and self.path.exists():
             return
         atomic_write(self.path, lambda tmp: self.frame().to_csv(tmp, index=False))
         self.journal.unlink(missing_ok=True)
-        self._saved_at, self._dirty = time.monotonic(), False
+        self._unsaved = 0
 
 
 def now() -> str:

@@ -41,7 +41,7 @@ def test_render_html_draws_the_record(tmp_path):
 
 
 def test_rows_survive_a_killed_driver_through_the_journal(tmp_path):
-    table = ResultsTable(tmp_path / "trials.csv", save_every=3600)  # as between two batched CSV writes
+    table = ResultsTable(tmp_path / "trials.csv", min_batch=100)  # as between two batched CSV writes
     for i in range(5):
         table.add(row(f"t{i}", 100 + i, 20.0 + i))
     assert len(pd.read_csv(tmp_path / "trials.csv")) == 1  # the CSV has the first batch only
