@@ -67,8 +67,9 @@ class ResultsTable:
     def __contains__(self, trial_id: str) -> bool:
         return trial_id in self.rows
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Record (or replace) the row of ``row['trial_id']``: one journal line now, the CSV in batches."""
+    def add(self, row: dict[str, Any]) -> bool:
+        """Record (or replace) the row of ``row['trial_id']``: one journal line now, the CSV in batches;
+        says whether this row completed a batch (the CSV was rewritten)."""
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns: {sorted(unknown)}")
@@ -81,6 +82,8 @@ class ResultsTable:
         self._unsaved += 1
         if not self.path.exists() or self._unsaved >= max(self.min_batch, len(self.rows) // 10):
             self.save()
+            return True
+        return False
 
     def frame(self):
         import pandas as pd

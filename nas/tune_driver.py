@@ -234,10 +234,12 @@ class BudgetSearcher(Searcher):
     """
 
     def __init__(self, inner: OptunaSearch, method: Method, table: ResultsTable, records: TrialRecords, *,
-                 budget: int, convention: str, record, queue: list[dict[str, Any]], seed: int, clock: Clock) -> None:
+                 budget: int, convention: str, record, writer: RecordWriter, queue: list[dict[str, Any]], seed: int,
+                 clock: Clock) -> None:
         super().__init__(metric=["quality", "macs"], mode=["max", "min"])
         self.inner, self.method, self.table, self.records = inner, method, table, records
         self.record = record  # the run's SQLite study: evaluated trials only
+        self.writer = writer
         self.budget, self.convention = budget, convention
         self.queue = list(queue)  # params to run before any sample (unfinished trials first)
         self.rng = random.Random(seed)
@@ -313,11 +315,8 @@ class BudgetSearcher(Searcher):
         if self.method.trains:
             self.records.write(row_id, status="finished")
         values = {"quality": result["quality"], "macs": row[f"macs_{self.convention}"]}
-        try:
-            with self.clock("record"):
-                add_to_record(self.record, clean, self.distributions, row_id, row["config"], values)
-        except Exception as exc:  # the row is safe in trials.csv; the record is reconciled at the end
-            logger.warning("could not copy trial %s into the Optuna record yet: %s", row_id, exc)
+        with self.clock("record"):
+            self.writer.put(row)
         with self.clock("sampler"):
             if probe is not None and clean == params:
                 self.inner.on_trial_complete(probe, result=values)
@@ -336,27 +335,60 @@ class BudgetSearcher(Searcher):
         self.rejected, self.repaired = state["rejected"], state.get("repaired", 0)
 
 
-def add_to_record(record, params: dict[str, Any], distributions, trial_id: str, config: str,
-                  values: dict[str, float]) -> None:
-    """Copy an evaluated trial into the run's SQLite study (what optuna-dashboard shows)."""
-    record.add_trial(optuna.trial.create_trial(
-        params=params, distributions=distributions, values=[values["quality"], values["macs"]],
-        user_attrs={"trial_id": trial_id, "config": config, "params": json.dumps(params)}))
+def _record_trial(row: dict[str, Any], distributions, convention: str):
+    return optuna.trial.create_trial(
+        params=json.loads(row["params_json"]), distributions=distributions,
+        values=[float(row["quality"]), float(row[f"macs_{convention}"])],
+        user_attrs={"trial_id": row["trial_id"], "config": row["config"], "params": row["params_json"]})
+
+
+class RecordWriter:
+    """Copies rows into the run's SQLite study (what optuna-dashboard shows) on a thread of its own:
+    a write costs 40-70 ms here, too much for the loop that hands the next trial to a free worker.
+    The thread opens its own connection; whatever it has not written when the driver dies is copied
+    from the results table by ``reconcile_record``."""
+
+    def __init__(self, storage: str, method: Method, convention: str) -> None:
+        import queue
+        import threading
+
+        self.storage, self.convention = storage, convention
+        self.distributions = optuna_distributions(method)
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="optuna-record", daemon=True)
+        self.thread.start()
+
+    def put(self, row: dict[str, Any]) -> None:
+        self.queue.put(row)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the searcher into its experiment state: a copy carries no thread (and writes nothing)
+        return {"storage": self.storage, "convention": self.convention, "distributions": self.distributions,
+                "queue": None, "thread": None}
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        study = optuna.load_study(study_name="search", storage=self.storage)
+        while (row := self.queue.get()) is not None:
+            try:
+                study.add_trial(_record_trial(row, self.distributions, self.convention))
+            except Exception as exc:  # the row is safe in the table; the record is reconciled at the end
+                logger.warning("could not copy trial %s into the Optuna record yet: %s", row["trial_id"], exc)
 
 
 def reconcile_record(record, table: ResultsTable, method: Method, convention: str) -> int:
-    """Rows of trials.csv missing from the study (the driver died between the two writes) are added."""
+    """Copy the rows of the results table that the run's SQLite study (what optuna-dashboard shows)
+    lacks into it, in one write; returns how many."""
     known = {t.user_attrs.get("trial_id") for t in record.get_trials(deepcopy=False)}
     distributions = optuna_distributions(method)
-    added = 0
-    for row in table.rows.values():
-        if row["status"] == "ok" and row["trial_id"] not in known and row.get("params_json"):
-            record.add_trial(optuna.trial.create_trial(
-                params=json.loads(row["params_json"]), distributions=distributions,
-                values=[float(row["quality"]), float(row[f"macs_{convention}"])],
-                user_attrs={"trial_id": row["trial_id"], "config": row["config"], "params": row["params_json"]}))
-            added += 1
-    return added
+    missing = [_record_trial(row, distributions, convention) for row in table.rows.values()
+        if row["status"] == "ok" and row["trial_id"] not in known and row.get("params_json")]
+    if missing:
+        record.add_trials(missing)
+    return len(missing)
 
 
 @dataclass
@@ -548,9 +580,10 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
         reconcile_record(record, table, method, options.macs_convention)
         inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed)
         clock = Clock()
+        writer = RecordWriter(study_storage, method, options.macs_convention)
         searcher = BudgetSearcher(inner, method, table, records, budget=options.budget,
-                                  convention=options.macs_convention, record=record, queue=queue, seed=options.seed,
-                                  clock=clock)
+                                  convention=options.macs_convention, record=record, writer=writer, queue=queue,
+                                  seed=options.seed, clock=clock)
         progress = ProgressCallback(method, table, records, total=options.trials, done=done,
                                     convention=options.macs_convention, budget=options.budget,
                                     enabled=options.progress, clock=clock)
@@ -567,7 +600,10 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
                                  failure_config=FailureConfig(max_failures=options.max_failures),
                                  checkpoint_config=checkpoints),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            writer.close()
         progress.close()
         clock.write(records.root.parent / "overhead.csv")
         return TuneRound(rejected=searcher.rejected, repaired=searcher.repaired, lost=progress.lost)
