@@ -260,13 +260,11 @@ def test_a_tight_budget_finishes_by_repairing_samples(tmp_path, tiny_models):
     """5% above the smallest config: most samples are over budget; after a few rejections one is
     shrunk to fit, so the search makes progress instead of drowning Optuna in failed samples."""
     out = tmp_path / "run"
-    began = time.time()
     done = run(search_cmd(tiny_models, out, "--budget", "1.845M", "--trials", "8"))
-    elapsed = time.time() - began
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out / "trials.csv", dtype={"config": str})
     assert len(table) == 8 and (table["status"] == "ok").all() and (table["macs_torchprofile"] <= 1_845_000).all()
     info = json.loads((out / "run.json").read_text())
-    assert info["repaired"] > 0 and info["rejected"] >= 20 * info["repaired"]
+    # at most 20 rejected samples per trial (it was up to 100,000), then a repair
+    assert info["repaired"] > 0 and 20 * info["repaired"] <= info["rejected"] <= 20 * len(table)
     assert "repaired to fit it" in done.stdout
-    assert elapsed < 60
