@@ -96,3 +96,69 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, distiller: FeatureDist
     """Reconstruction of the target (ground truth, or the teacher's output for unpaired data) plus
     the feature distillation of the same forward pass."""
     return F.l1_loss(out, target) + weight * distiller.loss()
+
+
+def kernel_alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CAT's (global) kernel alignment of two feature batches: <X X^T, Y Y^T>_F / (|X X^T|_F |Y Y^T|_F)
+    with X, Y the features flattened to batch x D (uncentred batch Gram matrices, so the two may have
+    any widths and no adaptor is needed). Invariant to rotations and scaling of either side, not to
+    shifts; 1 for a batch of one, which is therefore refused."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"kernel alignment of batches of {x.shape[0]} and {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise ValueError("kernel alignment needs a batch of at least 2 (it is 1 for any single sample)")
+    gx, gy = (t.flatten(1) @ t.flatten(1).T for t in (x, y))
+    return (gx * gy).sum() / (gx.norm() * gy.norm()).clamp_min(1e-12)
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """DMAD's attention map: the mean over channels of the squared features, flattened and L2-normalised
+    per sample (batch x H*W)."""
+    return F.normalize(features.pow(2).mean(1).flatten(1), dim=1)
+
+
+def feature_points(generator: nn.Module) -> list[nn.Module]:
+    """Where CAT and DMAD distil: after the down-sampling and after the trunk blocks at one, two and
+    three thirds of its depth."""
+    return [generator.down2, *(generator.trunk[i] for i in layer_positions(len(generator.trunk), 3))]
+
+
+class PointDistiller:
+    """Captures a student's and a teacher's features at ``feature_points`` and compares them:
+    ``gka`` (CAT: minus the sum of kernel alignments) or ``attention`` (DMAD: the sum of the MSEs of
+    attention maps, the target optionally averaged with the discriminator's attention on the student's
+    output)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, kind: str,
+                 discriminator: nn.Module | None = None) -> None:
+        if kind not in ("gka", "attention"):
+            raise ValueError(f"unknown feature distillation {kind!r}")
+        self.kind = kind
+        self._student = FeatureCapture(feature_points(student))
+        self._teacher = FeatureCapture(feature_points(teacher))
+        self.discriminator = discriminator
+        self._disc = None
+        if discriminator is not None:  # its activations after each of the first four convs
+            acts = [m for m in discriminator.model if isinstance(m, nn.LeakyReLU)][:4]
+            self._disc = FeatureCapture(acts)
+
+    def loss(self, student_out: torch.Tensor | None = None) -> torch.Tensor:
+        """The distillation term of the last student and teacher forward passes (``student_out``: the
+        student's output, for the discriminator's attention)."""
+        pairs = list(zip(self._student.outputs, self._teacher.outputs))
+        if self.kind == "gka":
+            return -torch.stack([kernel_alignment(s, t.detach()) for s, t in pairs]).sum()
+        targets = [attention_map(t.detach()) for _, t in pairs]
+        if self._disc is not None and student_out is not None:
+            with torch.no_grad():
+                self.discriminator(student_out.detach())
+            shapes = [t.shape[-2:] for _, t in pairs]
+            targets = [0.5 * a + 0.5 * F.normalize(F.interpolate(d.pow(2).mean(1, keepdim=True), size=size,
+                                                                 mode="bilinear", align_corners=False).flatten(1), dim=1)
+                       for a, d, size in zip(targets, self._disc.outputs, shapes)]
+        return torch.stack([F.mse_loss(attention_map(s), t) for (s, _), t in zip(pairs, targets)]).sum()
+
+    def remove(self) -> None:
+        for capture in (self._student, self._teacher, self._disc):
+            if capture is not None:
+                capture.remove()

@@ -103,6 +103,20 @@ def build_parser() -> Parser:
     return p
 
 
+def export_trained(row: dict[str, Any], weights: Path | None, out: Path, *, task: str, method: str,
+                   teacher: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Export the student a training trial left in ``weights`` (methods that train per trial); ``keys``
+    name the facts of its record's meta that go into the export's."""
+    from nas.checkpoint import load_generator
+
+    if weights is None:
+        raise UserError(f"trial {row.get('trial_id')} left no student weights; it cannot be exported")
+    student = load_generator(weights)
+    return export_generator(student.module, student.space, student.config, out,
+                            meta={"task": task, "method": method, "teacher": teacher,
+                                  **{k: v for k, v in student.meta.items() if k in keys}})
+
+
 def export_subnet(supernet_path: str | Path, config: str | Config, out: Path, *, finetune_steps: int = 0,
                   task: str | None = None, teacher: str | None = None, lr: float = FINETUNE_LR, batch_size: int = 16,
                   crop: int = 64, seed: int = 0, device: torch.device | str = "cpu",

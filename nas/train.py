@@ -71,7 +71,7 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     """One trial of a training method, alone: checkpoints in OUT/trial/, the export in OUT/student/."""
     from nas.defaults import default_teacher, shipped_manifest
     from nas.methods import get_method
-    from nas.methods.base import Candidate, SearchContext
+    from nas.methods.base import Candidate, Failed, SearchContext
     from nas.defaults import DEFAULT_WEIGHTS
     from tqdm import tqdm
 
@@ -100,12 +100,14 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
         trial.restore(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text("python -m nas.train " + " ".join(argv) + "\n")
-    steps = getattr(options, "steps", None)
-    bar = tqdm(total=steps, initial=getattr(getattr(trial, "training", None), "step", 0), desc=args.method,
-               disable=not steps or args.no_progress, dynamic_ncols=True)
+    bar = tqdm(total=trial.steps_total, initial=trial.steps_done, desc=args.method,
+               disable=not trial.steps_total or args.no_progress, dynamic_ncols=True)
     while True:
         result = trial.step()
         trial.save(folder)
+        if isinstance(result, Failed):
+            bar.close()
+            raise UserError(result.message)
         if isinstance(result, Candidate):
             break
         bar.update(result["step"] - bar.n)

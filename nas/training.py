@@ -176,8 +176,8 @@ class Training:
             began = time.perf_counter()
             lr = cosine_lr(s.lr, self.step, s.steps)
             for opt in self.objective.optimizers():
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                for group in opt.param_groups:  # a group may run at a multiple of the schedule (dmask's masks)
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
             x, y = self.batch(self.step)
             with autocast(self.device, s.amp):
                 self.loss = self.objective.train_step(self.step, x, y)

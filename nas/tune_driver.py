@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from nas.files import atomic_write_text
 from nas.methods import Candidate, Method, SearchContext, get_method
-from nas.methods.base import Categorical, LogUniform
+from nas.methods.base import Categorical, Failed, LogUniform
 from nas.results import ResultsTable, now, row_from_result
 
 # A sample over the budget is rejected this many times at most, then the last one is repaired
@@ -132,6 +132,8 @@ class MethodTrainable(tune.Trainable):
                  "cpu_seconds": round(time.process_time() - self.cpu_began, 3), "worker_dir": self.logdir}
         if isinstance(out, Candidate):
             return {**out.result(), **extra, "done": True}
+        if isinstance(out, Failed):
+            return {"failed": out.message, **extra, "done": True}
         return {**out, **extra}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -437,10 +439,7 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         if self.method.trains:
-            config = dict(trial.config)
-            resumed = config.get(RESUME_KEY)
-            row_id = resumed["id"] if resumed else trial.trial_id
-            params = {k: v for k, v in config.items() if k != RESUME_KEY}
+            row_id, params, _ = row_of(trial)
             # (a retried trial starts again: its last checkpoint stays recorded)
             self.records.write(row_id, id=row_id, params=params, status="running", tune_trial=trial.trial_id)
 
@@ -457,8 +456,7 @@ class ProgressCallback(Callback):
             f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
         self.records.checkpoints[trial.trial_id] = uri
         if self.method.trains:
-            resumed = dict(trial.config).get(RESUME_KEY)
-            self.records.write(resumed["id"] if resumed else trial.trial_id, checkpoint=uri)
+            self.records.write(row_of(trial)[0], checkpoint=uri)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         with self.clock("callbacks"):
@@ -469,15 +467,14 @@ class ProgressCallback(Callback):
         row = self.table.rows.get(trial.trial_id)
         if row is None and trial.last_result:
             row = self.table.rows.get(str(trial.last_result.get("resumed_from")))
+        if row is None and trial.last_result and trial.last_result.get("failed"):
+            self._error_row(*row_of(trial)[:2], trial.last_result["failed"])
         if row is not None:
             self._consider(row)
         self._update()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        config = dict(trial.config)
-        resumed = config.get(RESUME_KEY)
-        row_id = resumed["id"] if resumed else trial.trial_id
-        params = {k: v for k, v in config.items() if k != RESUME_KEY}
+        row_id, params, resumed = row_of(trial)
         if lost_with_its_node(_error(trial)):
             if self.method.trains and (resumed or self.records.checkpoints.get(trial.trial_id)):
                 logger.warning("trial %s (%s) was lost with its worker node; it continues from its checkpoint",
@@ -487,19 +484,29 @@ class ProgressCallback(Callback):
                 logger.warning("trial %s (%s) was lost with its worker node; another trial will take its place",
                                row_id, self.method.describe(params))
         elif row_id not in self.table:
-            bound = self.method.bound(params)
-            self.table.add({"trial_id": row_id, "method": self.method.name, "space": self.method.space.name,
-                            "config": self.method.describe(params), "params_json": json.dumps(params),
-                            "macs_torchprofile": bound.torchprofile if bound else None,
-                            "macs_fvcore": bound.fvcore if bound else None, "params": bound.params if bound else None,
-                            "feasible": None, "status": "error", "error": _error_message(trial),
-                            "finished_at": now()})
-            if self.method.trains:
-                self.records.write(row_id, status="failed")
+            self._error_row(row_id, params, _error_message(trial))
         self._update()
+
+    def _error_row(self, row_id: str, params: dict[str, Any], message: str) -> None:
+        """The row of a trial that failed for good (an exception after its retries, or a Failed result)."""
+        bound = self.method.bound(params)
+        self.table.add({"trial_id": row_id, "method": self.method.name, "space": self.method.space.name,
+                        "config": self.method.describe(params), "params_json": json.dumps(params),
+                        "macs_torchprofile": bound.torchprofile if bound else None,
+                        "macs_fvcore": bound.fvcore if bound else None, "params": bound.params if bound else None,
+                        "feasible": None, "status": "error", "error": message, "finished_at": now()})
+        if self.method.trains:
+            self.records.write(row_id, status="failed")
 
     def close(self) -> None:
         self.bar.close()
+
+
+def row_of(trial) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """A Tune trial's row id (an earlier run's, for a resumed trial), its parameters, and what it resumes."""
+    config = dict(trial.config)
+    resumed = config.pop(RESUME_KEY, None)
+    return (resumed["id"] if resumed else trial.trial_id), config, resumed
 
 
 def lost_with_its_node(error: BaseException | None) -> bool:

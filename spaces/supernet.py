@@ -99,7 +99,7 @@ class MixedCell(nn.Module):
         return self.ops[self.active](x)
 
 
-def _widest_plan(space: SearchSpace) -> Plan:
+def widest_plan(space: SearchSpace) -> Plan:
     """The plan whose every width is the largest choice (agd cells are replaced by MixedCells)."""
     config: Config = {}
     for site in space.sites:
@@ -114,7 +114,7 @@ class Supernet(nn.Module):
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         self.space = space
-        plan = _widest_plan(space)
+        plan = widest_plan(space)
         self.widest = plan
         trunk: list[nn.Module] = []
         for block in plan.blocks:

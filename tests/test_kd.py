@@ -5,17 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from nas.checkpoint import load_generator
 from nas.data import load_task
 from nas.methods.kd import GRID, KdObjective, kd_student, scaled_config
 from nas.training import TrainSettings, Training
 from spaces import UserError, load_space
+from student_check import applies_to_a_photo
 
 SR4X = "spaces/sr4x/{}.yaml"
 TINY_KD = ["--steps", "4", "--checkpoint-every", "2", "--batch-size", "2", "--crop", "32"]
@@ -86,14 +85,7 @@ def test_kd_search_and_the_same_trial_alone(tmp_path, tiny_models):
     info = json.loads((out / "run.json").read_text())
     assert info["options"]["method"] == "kd" and info["options"]["method_options"]["steps"] == 4
     assert info["best"]["config"] in set(table["config"])
-    photo_dir = tmp_path / "photos"
-    photo_dir.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(photo_dir / "a.png")
-    applied = subprocess.run([sys.executable, "-m", "nas.apply", "--model", str(out / "best" / "model.pth"),
-                              "--input", str(photo_dir), "--output", str(tmp_path / "applied")],
-                             capture_output=True, text=True, timeout=300)
-    assert applied.returncode == 0, applied.stderr[-2000:]
-    assert Image.open(tmp_path / "applied" / "a.png").size == (96, 96)  # sr4x: four times the input
+    assert applies_to_a_photo(out / "best" / "model.pth", tmp_path) == (96, 96)  # sr4x: four times the input
     # the trial at the budget, run alone by nas.train student: the same weights (same seed, same threads)
     alone = subprocess.run(
         [sys.executable, "-m", "nas.train", "student", "--method", "kd", "--space", "tests/spaces/tiny_resnet.yaml",

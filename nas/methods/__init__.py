@@ -7,12 +7,14 @@ dataclass gives its command-line flags), and add it to ``METHODS`` below.
 from __future__ import annotations
 
 from nas.methods.base import Candidate, Method, SearchContext, Trial
+from nas.methods.dmask import DmaskMethod
 from nas.methods.kd import KdMethod
 from nas.methods.ofa import OfaMethod
+from nas.methods.prune import PruneMethod
 from spaces.errors import UserError
 
-METHODS: dict[str, type[Method]] = {"ofa": OfaMethod, "kd": KdMethod}
-PLANNED = ("dmask", "prune", "agd")
+METHODS: dict[str, type[Method]] = {"ofa": OfaMethod, "kd": KdMethod, "prune": PruneMethod, "dmask": DmaskMethod}
+PLANNED = ("agd",)
 
 
 def list_methods(command: str = "search") -> list[str]:

@@ -28,11 +28,11 @@ from typing import Any, ClassVar
 import torch
 
 from evaluators.quality import Quality, evaluate_on, reference
-from nas.checkpoint import load_generator
+from nas.checkpoint import load_generator, read_training_record, save_generator
 from nas.data import load_task
 from spaces.errors import UserError
 from spaces.modules import Cost
-from spaces.space import Choice, SearchSpace, load_space
+from spaces.space import Choice, Config, SearchSpace, load_space
 
 
 @dataclass(frozen=True)
@@ -91,16 +91,30 @@ class Candidate:
                 **{f"extra_{k}": v for k, v in self.extra.items()}}
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A trial that ended without a candidate for a reason a retry would not change (dmask's masks never
+    brought the network under its target): an error row that says why."""
+
+    message: str
+
+
 class Trial(ABC):
     """One trial on a worker: ``step`` until it returns a Candidate."""
 
     @abstractmethod
-    def step(self) -> dict[str, Any] | Candidate:
-        """Advance; a dict reports progress (``step``, ``steps``, ``loss``), a Candidate ends the trial."""
+    def step(self) -> dict[str, Any] | Candidate | Failed:
+        """Advance; a dict reports progress (``step``, ``steps``, ``loss``), a Candidate or a Failed ends
+        the trial."""
 
     @property
     def steps_done(self) -> int:
         """Training steps behind this trial so far (0 for a trial that does not train)."""
+        return 0
+
+    @property
+    def steps_total(self) -> int:
+        """Training steps of the whole trial (0 for a trial that does not train)."""
         return 0
 
     def save(self, folder: Path) -> None:
@@ -108,6 +122,62 @@ class Trial(ABC):
 
     def restore(self, folder: Path) -> None:
         """Continue from what ``save`` wrote."""
+
+
+STUDENT_FILE = "student.pth"
+CHECKPOINT_FILE = "checkpoint.pth"
+
+
+class TrainingTrial(Trial):
+    """A trial that trains one student of ``config`` through ``training`` (its objective's ``student``),
+    ``checkpoint_every`` steps per step of the trial, then judges it once on the val split."""
+
+    def __init__(self, method: Method, config: Config, training: Any, extra: dict[str, Any]) -> None:
+        self.method, self.config, self.training, self.extra = method, config, training, dict(extra)
+        self.candidate: Candidate | None = None
+
+    @property
+    def steps_done(self) -> int:
+        return self.training.step
+
+    @property
+    def steps_total(self) -> int:
+        return self.training.settings.steps
+
+    @property
+    def student(self) -> torch.nn.Module:
+        return self.training.objective.student
+
+    def step(self) -> dict[str, Any] | Candidate:
+        t = self.training
+        if not t.done:
+            t.advance(t.step + t.settings.checkpoint_every, evaluate=False)
+        if not t.done:
+            return {"step": t.step, "steps": t.settings.steps, "loss": t.loss}
+        student, method = self.student.eval(), self.method
+        self.candidate = Candidate(config=method.space.encode(self.config), cost=method.space.cost(self.config),
+                                   quality=method.judge(student), latency_ms=method.latency(student),
+                                   weights=STUDENT_FILE, extra={**self.extra, "steps": t.step})
+        return self.candidate
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.training.save(folder / CHECKPOINT_FILE)
+        if self.training.done:
+            save_generator(folder / STUDENT_FILE, self.student, self.method.space, self.config,
+                           method=self.method.name, task=self.method.context.task, steps=self.training.step,
+                           **self.extra)
+
+    def restore(self, folder: Path) -> None:
+        record = read_training_record(folder / CHECKPOINT_FILE, kind="student")
+        self.training.restore(record, source=str(folder / CHECKPOINT_FILE))
+
+
+def target_range(space: SearchSpace, budget: float, convention: str) -> tuple[float, float]:
+    """Where a method that trains to a MACs target samples it, log-uniformly: [max(budget / 8, the
+    space's smallest config), budget]."""
+    smallest = space.macs(space.min_config(), convention=convention)
+    return min(budget, max(budget / 8, smallest)), float(budget)
 
 
 def check_range(options: Any, name: str, low: float | None = None, high: float | None = None) -> None:

@@ -21,10 +21,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas.checkpoint import load_generator, read_training_record, save_generator
+from nas.checkpoint import load_generator
 from nas.data import Task, check_crop, load_task
 from nas.discriminator import discriminator_from
-from nas.methods.base import Candidate, LogUniform, Method, Param, SearchContext, Trial, check_range, resolve_space
+from nas.methods.base import (
+    LogUniform,
+    Method,
+    Param,
+    SearchContext,
+    TrainingTrial,
+    check_range,
+    resolve_space,
+    target_range,
+)
 from nas.training import GeneratorObjective, TrainSettings, Training, adam, optimize, with_gan
 from spaces.errors import UserError
 from spaces.plan import agd_token, parse_agd_token
@@ -134,57 +143,17 @@ class KdObjective(GeneratorObjective):
         return {"method": "kd"}
 
 
-STUDENT_FILE = "student.pth"
-CHECKPOINT_FILE = "checkpoint.pth"
-
-
-class KdTrial(Trial):
-    """Trains one student for the target, ``checkpoint_every`` steps per step of the trial."""
-
-    def __init__(self, method: KdMethod, target: float) -> None:
-        self.method, self.target = method, float(target)
-        self.factor, self.config = kd_student(method.space, self.target, method.context.macs_convention)
-        options: KdOptions = method.options
-        objective = KdObjective(method.space, self.config, method.teacher_module, options.settings(method.context.seed),
-                                torch.device(method.context.device), alpha=options.alpha,
-                                teacher_path=method.context.teacher, discriminator=options.discriminator,
-                                space_arg=method.context.space)
-        self.training = Training(objective, method.task, objective.settings, torch.device(method.context.device),
-                                 task_spec=method.context.task)
-        self.candidate: Candidate | None = None
-
-    @property
-    def steps_done(self) -> int:
-        return self.training.step
-
-    @property
-    def student(self) -> torch.nn.Module:
-        return self.training.objective.student
-
-    def step(self) -> dict[str, Any] | Candidate:
-        t = self.training
-        if not t.done:
-            t.advance(t.step + t.settings.checkpoint_every, evaluate=False)
-        if not t.done:
-            return {"step": t.step, "steps": t.settings.steps, "loss": t.loss}
-        student = self.student.eval()
-        method = self.method
-        self.candidate = Candidate(config=method.space.encode(self.config), cost=method.space.cost(self.config),
-                                   quality=method.judge(student), latency_ms=method.latency(student),
-                                   weights=STUDENT_FILE, extra={"factor": self.factor, "target": self.target,
-                                                                "steps": t.step})
-        return self.candidate
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.training.save(folder / CHECKPOINT_FILE)
-        if self.training.done:
-            save_generator(folder / STUDENT_FILE, self.student, self.method.space, self.config, method="kd",
-                           task=self.method.context.task, factor=self.factor, steps=self.training.step)
-
-    def restore(self, folder: Path) -> None:
-        record = read_training_record(folder / CHECKPOINT_FILE, kind="student")
-        self.training.restore(record, source=str(folder / CHECKPOINT_FILE))
+def kd_trial(method: KdMethod, target: float) -> TrainingTrial:
+    """Trains one uniformly scaled student for ``target`` MACs."""
+    factor, config = kd_student(method.space, float(target), method.context.macs_convention)
+    options: KdOptions = method.options
+    objective = KdObjective(method.space, config, method.teacher_module, options.settings(method.context.seed),
+                            torch.device(method.context.device), alpha=options.alpha,
+                            teacher_path=method.context.teacher, discriminator=options.discriminator,
+                            space_arg=method.context.space)
+    training = Training(objective, method.task, objective.settings, torch.device(method.context.device),
+                        task_spec=method.context.task)
+    return TrainingTrial(method, config, training, {"factor": factor, "target": float(target)})
 
 
 class KdMethod(Method):
@@ -211,14 +180,8 @@ class KdMethod(Method):
     def space(self) -> SearchSpace:
         return self._space
 
-    def target_range(self) -> tuple[float, float]:
-        """Targets are sampled log-uniformly in [max(budget / 8, the smallest config), budget]."""
-        budget = float(self.context.budget)
-        smallest = self._space.macs(self._space.min_config(), convention=self.context.macs_convention)
-        return min(budget, max(budget / 8, smallest)), budget
-
     def parameters(self) -> dict[str, Param]:
-        return {"target": LogUniform(*self.target_range())}
+        return {"target": LogUniform(*target_range(self._space, self.context.budget, self.context.macs_convention))}
 
     def first_params(self) -> list[dict[str, Any]]:
         return [{"target": float(self.context.budget)}]  # --trials 1 gives one student at the budget
@@ -230,18 +193,14 @@ class KdMethod(Method):
         super().load()
         self.task: Task = load_task(self.context.task)
 
-    def start(self, params: dict[str, Any]) -> KdTrial:
+    def start(self, params: dict[str, Any]) -> TrainingTrial:
         if not hasattr(self, "task"):
             self.load()
-        return KdTrial(self, params["target"])
+        return kd_trial(self, params["target"])
 
     def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
                progress: bool = False) -> dict[str, Any]:
-        from nas.export import export_generator
+        from nas.export import export_trained
 
-        if weights is None:
-            raise UserError(f"trial {row.get('trial_id')} left no student weights; it cannot be exported")
-        student = load_generator(weights)
-        return export_generator(student.module, student.space, student.config, out,
-                                meta={"task": self.context.task, "method": "kd", "teacher": self.context.teacher,
-                                      **{k: v for k, v in student.meta.items() if k in ("factor", "steps")}})
+        return export_trained(row, weights, out, task=self.context.task, method=self.name,
+                              teacher=self.context.teacher, keys=("factor", "steps"))
