@@ -24,7 +24,9 @@ inspect: venv
 bench: venv
 	$(PY) bench/ofa_sr4x.py
 	$(PY) bench/search_overhead.py --shipped
-	$(PY) bench/kd_sr4x.py
+	$(PY) bench/method_sr4x.py --method kd
+	$(PY) bench/method_sr4x.py --method prune --space inception
+	$(PY) bench/method_sr4x.py --method dmask --space resnet
 	$(PY) bench/sampler_efficiency.py
 
 # Per-trial cost as a search grows: 2,000-trial searches, three repeats, and old against new code (about an hour)

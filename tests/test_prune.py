@@ -4,6 +4,7 @@ end to end."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,8 +13,11 @@ import torch
 from nas.distill import kernel_alignment
 from nas.methods.prune import importance, prune_config
 from spaces.channels import channel_groups, widest_generator
-from spaces.space import SearchSpace, load_space
+from spaces.space import load_space
 from student_check import applies_to_a_photo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from published_budgets import PUBLISHED, published_space, random_gammas  # noqa: E402
 
 
 def test_kernel_alignment_checks_from_cat():
@@ -31,28 +35,8 @@ def test_kernel_alignment_checks_from_cat():
         kernel_alignment(a[:1], b[:1])
 
 
-def published_space(name: str, **changes: str) -> SearchSpace:
-    """A copy of a full-size space with affine batch norms (CAT prunes by their gammas)."""
-    text = open(f"spaces/{name}.yaml").read().replace("norm: instance", "norm: batch")
-    for old, new in changes.items():
-        text = text.replace(old, new)
-    return SearchSpace.from_text(text, source=f"spaces/{name}.yaml", name=f"{name}_batch")
-
-
-def random_gammas(space: SearchSpace, seed: int = 0) -> torch.nn.Module:
-    network = widest_generator(space, "cpu")
-    generator = torch.Generator().manual_seed(seed)
-    for m in network.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # PyTorch sets every gamma to 1, which would tie
-            m.weight.data = torch.rand(m.weight.shape, generator=generator)
-    return network
-
-
-@pytest.mark.parametrize("name, target, changes", [
-    ("inception", 2.6e9, {}),  # CAT's horse2zebra budget on the max config of the inception space
-    ("resnet", 3.97e9, {"block: mobile": "block: plain"}),  # DMAD's on the original ResnetGenerator
-])
-def test_the_bisection_lands_at_or_just_under_the_published_budgets(name, target, changes):
+@pytest.mark.parametrize("name, target, changes, source", PUBLISHED)  # CAT's 2.6G, DMAD's 3.97G
+def test_the_bisection_lands_at_or_just_under_the_published_budgets(name, target, changes, source):
     space = published_space(name, **changes)
     groups = channel_groups(space)
     scores, criterion = importance(random_gammas(space), groups)
