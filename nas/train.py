@@ -82,7 +82,7 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     budget = parse_budget(args.budget)
     out = Path(args.out)
     folder = out / "trial"
-    if args.resume and not (folder / "checkpoint.pth").is_file():
+    if args.resume and not (folder.is_dir() and any(folder.iterdir())):
         raise UserError(f"--resume: no checkpoint in {folder}; start without --resume")
     if not args.resume and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; pass --resume to continue it or choose another --out")

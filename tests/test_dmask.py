@@ -74,15 +74,62 @@ def test_a_dmask_search_writes_feasible_rows_and_a_student_that_applies(tmp_path
     assert applies_to_a_photo(out / "best" / "model.pth", tmp_path) == (96, 96)
 
 
-@pytest.mark.xdist_group("ray")
-def test_a_dmask_trial_that_never_reaches_its_target_is_a_failed_row(tmp_path, tiny_models):
+def dmask_method(tiny_models, budget: float, **options):
+    from nas.methods.base import SearchContext
+    from nas.methods.dmask import DmaskMethod, DmaskOptions
+
     teacher, supernet = tiny_models
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "nas.search", "--method", "dmask", "--supernet", str(supernet), "--teacher",
-         str(teacher), "--budget", "1.77M", "--trials", "1", "--out", str(out), "--no-progress", *TINY_DMASK,
-         "--mask-weight", "0"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = pd.read_csv(out / "trials.csv")
-    assert len(table) == 1 and table["status"].iloc[0] == "error"
-    assert table["error"].iloc[0].startswith("dmask: the masks never brought the network under the target 0.00177G")
+    defaults = dict(supernet=str(supernet), search_steps=12, finetune_steps=8, checkpoint_every=4, batch_size=2,
+                    crop=32, mask_lr=0.05)
+    context = SearchContext(method="dmask", task="sr4x", teacher=str(teacher), space="tests/spaces/tiny_inception.yaml",
+                            budget=int(budget), latency_resolution=32, latency_repeats=1,
+                            options=DmaskOptions(**{**defaults, **options}))
+    method = DmaskMethod(context)
+    method.load()
+    return method
+
+
+def run_trial(method, target, folder=None, until=None):
+    """Step a trial (restored from ``folder`` when it holds one) until it ends or passes step ``until``."""
+    from nas.methods.base import Candidate, Failed
+
+    trial = method.start({"target": target})
+    if folder is not None and any(folder.iterdir()):
+        trial.restore(folder)
+    while True:
+        out = trial.step()
+        if folder is not None:
+            trial.save(folder)
+        if isinstance(out, (Candidate, Failed)) or (until is not None and trial.steps_done >= until):
+            return trial, out
+
+
+def test_a_dmask_trial_that_never_reaches_its_target_fails_saying_what_it_reached(tiny_models):
+    from nas.methods.base import Failed
+
+    method = dmask_method(tiny_models, 1.77e6, mask_weight=0.0)  # no push: half the channels survive b = 0
+    trial, out = run_trial(method, 1.77e6)
+    assert isinstance(out, Failed) and trial.finetune is None
+    assert out.message.startswith("dmask: the masks never brought the network under the target 0.00177G MACs")
+    reached = trial.objective.reached
+    assert reached > 1.77e6 and f"{reached / 1e9:.4g}G" in out.message
+
+
+def test_a_dmask_trial_stopped_in_either_phase_resumes_to_the_same_student(tmp_path, tiny_models):
+    """Stopped during the mask search and again during the fine-tune, then resumed: the student equals
+    that of a trial that never stopped (masks, frozen keep-set, optimizer and schedule all restored)."""
+    from nas.methods.base import Candidate
+
+    method = dmask_method(tiny_models, 3e6)
+    straight, done = run_trial(method, 3e6)
+    assert isinstance(done, Candidate) and done.cost.torchprofile <= 3e6
+    folder = tmp_path / "trial"
+    folder.mkdir()
+    first, _ = run_trial(method, 3e6, folder, until=8)  # in the mask search
+    assert first.finetune is None and (folder / "search.pth").is_file()
+    second, _ = run_trial(method, 3e6, folder, until=16)  # in the fine-tune
+    assert second.finetune is not None and (folder / "checkpoint.pth").is_file()
+    resumed, again = run_trial(method, 3e6, folder)
+    assert isinstance(again, Candidate) and again.config == done.config
+    a, b = straight.finetune.student.state_dict(), resumed.finetune.student.state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
