@@ -103,7 +103,7 @@ class DmaskOptions:
     crop: int = field(default=64, metadata={"help": "training crop size (pixels)"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate of the weights (cosine decay to 0)"})
     mask_lr: float = field(default=1e-2, metadata={"help": "Adam learning rate of the mask variables"})
-    mask_weight: float = field(default=1e-2, metadata={
+    mask_weight: float = field(default=1e-4, metadata={
         "help": "weight of the sparsity penalty per unit of relative MACs excess over the target"})
     mask_updates: int = field(default=150, metadata={"help": "most bound updates (DMAD: 150)"})
     distill_weight: float = field(default=10.0, metadata={
@@ -331,7 +331,7 @@ class DmaskMethod(Method):
     @classmethod
     def fill_defaults(cls, options: DmaskOptions, task: str, space: str, shipped: dict[str, Any] | None,
                       weights_dir: Path) -> DmaskOptions:
-        key = f"supernet_{Path(space).stem}"
+        key = f"supernet_{space}"  # a space named as on the embedded default (a path has no shipped supernet)
         if options.supernet or shipped is None or key not in shipped:
             return options
         return replace(options, supernet=str(weights_dir / shipped[key]["file"]))

@@ -159,9 +159,9 @@ class PruneMethod(Method):
             return options
         if shipped is None or SOURCE_KEY not in shipped:
             raise UserError(f"--source is required for --task {task} (a network of the space's max config to prune)")
-        if Path(space).stem != "inception":
-            raise UserError(f"the shipped network to prune is of the inception space, not {space!r}; use "
-                            "--space inception or give --source")
+        if space != "inception":
+            raise UserError(f"the shipped network to prune is the max config of spaces/{task}/inception.yaml, not of "
+                            f"{space!r}; use --space inception or give --source")
         return replace(options, source=str(weights_dir / shipped[SOURCE_KEY]["file"]))
 
     @property
