@@ -101,8 +101,9 @@ class PruneOptions:
     batch_size: int = field(default=16, metadata={"help": "training batch (at least 2: kernel alignment needs it)"})
     crop: int = field(default=64, metadata={"help": "training crop size (pixels)"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate (cosine decay to 0)"})
-    distill_weight: float = field(default=1.0, metadata={
-        "help": "weight of the kernel alignment with the source network (CAT: 0.5 to 1.3)"})
+    distill_weight: float = field(default=0.01, metadata={
+        "help": "weight of the kernel alignment with the source network, against L1's 1 (CAT: 0.5 to 1.3 against "
+                "a reconstruction weight of 100)"})
     reinit: bool = field(default=False, metadata={
         "help": "train the pruned architecture from fresh weights (CAT as released) instead of the kept ones"})
     gan_weight: float = field(default=0.0, metadata={"help": "weight of the LSGAN loss (0: none)"})
