@@ -37,7 +37,7 @@ def test_the_penalty_counts_only_weights_in_the_band():
     assert float(penalty.detach()) == pytest.approx((-0.25 + b) + (0.0 + b) + (0.3 + b))
     penalty.backward()
     assert w.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
-    assert float(mask_penalty(w, 0.0)) == 0.0
+    assert float(mask_penalty(w, 0.0).detach()) == 0.0
 
 
 @pytest.mark.parametrize("steps, most", [(400, 150), (1000, 150), (40, 150), (12, 5)])

@@ -246,9 +246,9 @@ class DmaskTrial(Trial):
         return self.method.options.search_steps + self.method.options.finetune_steps
 
     def _last_update_passed(self) -> bool:
-        steps = self.search.settings.steps
-        return bound_at(self.search.step - 1, steps, self.method.options.mask_updates)[1] == \
-            mask_updates(steps, self.method.options.mask_updates) if self.search.step else False
+        """Whether the step that applied the last bound update (and its MACs check) has run."""
+        steps, most = self.search.settings.steps, self.method.options.mask_updates
+        return self.search.step > 0 and bound_at(self.search.step - 1, steps, most)[1] == mask_updates(steps, most)
 
     def step(self) -> dict[str, Any] | Candidate | Failed:
         s = self.search
