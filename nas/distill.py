@@ -152,10 +152,10 @@ class PointDistiller:
         if self._disc is not None and student_out is not None:
             with torch.no_grad():
                 self.discriminator(student_out.detach())
-            shapes = [t.shape[-2:] for _, t in pairs]
-            targets = [0.5 * a + 0.5 * F.normalize(F.interpolate(d.pow(2).mean(1, keepdim=True), size=size,
-                                                                 mode="bilinear", align_corners=False).flatten(1), dim=1)
-                       for a, d, size in zip(targets, self._disc.outputs, shapes)]
+            # the discriminator's maps, resized to the generator's, join the target
+            resized = [F.interpolate(d.pow(2).mean(1, keepdim=True), size=t.shape[-2:], mode="bilinear",
+                                     align_corners=False) for d, (_, t) in zip(self._disc.outputs, pairs)]
+            targets = [0.5 * a + 0.5 * F.normalize(r.flatten(1), dim=1) for a, r in zip(targets, resized)]
         return torch.stack([F.mse_loss(attention_map(s), t) for (s, _), t in zip(pairs, targets)]).sum()
 
     def remove(self) -> None:

@@ -260,7 +260,8 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
         best_dir = out / "best"
         report_file = best_dir / "export.json"
         done = json.loads(report_file.read_text()) if report_file.is_file() else {}
-        finetune_steps = getattr(options.method_options, "finetune_steps", None)
+        # (ofa fine-tunes the best subnet when it exports it; students trained per trial export as they are)
+        finetune_steps = None if method.trains else getattr(options.method_options, "finetune_steps", None)
         if done.get("config") != row["config"] or done.get("finetune_steps") != finetune_steps \
                 or done.get("trial_id") != row["trial_id"]:
             if best_dir.exists():

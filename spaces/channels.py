@@ -38,7 +38,9 @@ class ChannelGroup:
     scale: int = 1  # channels per unit of the site's choices
     tensors: list[tuple[str, int]] = field(default_factory=list)  # (state-dict name, channel dim)
     mask_points: list[str] = field(default_factory=list)  # modules whose output carries the group (after norms)
-    primaries: list[tuple[str, str | None]] = field(default_factory=list)  # (first conv, its norm) per layer
+    # per layer that writes the group first: (its conv, its affine norm or None, the module after which
+    # its output is taken: the norm, or the Identity standing for none)
+    primaries: list[tuple[str, str | None, str | None]] = field(default_factory=list)
     branch: str | None = None  # an inception branch's module: its whole output goes when no channel is left
     choices: tuple[int, ...] = ()  # the site's choices (in units of ``scale`` channels)
 
@@ -91,7 +93,7 @@ class _Tracer:
             if norm is not None:
                 current.mask_points.append(norm[0])
             affine = norm is not None and getattr(norm[1], "affine", False)
-            current.primaries.append((name, norm[0] if affine else None))
+            current.primaries.append((name, norm[0] if affine else None, norm[0] if norm is not None else None))
         return current
 
     def trace(self) -> dict[str, ChannelGroup]:
@@ -165,6 +167,10 @@ def permute(state: dict[str, torch.Tensor], groups: dict[str, ChannelGroup],
     return state
 
 
+def _last_conv(modules: dict[str, nn.Module], branch: str) -> str:
+    return [n for n, m in modules.items() if n.startswith(branch + ".") and isinstance(m, nn.Conv2d)][-1]
+
+
 def inherit(space: SearchSpace, widest: nn.Module, scores: dict[str, torch.Tensor], config: Config,
             groups: dict[str, ChannelGroup] | None = None) -> Generator:
     """The generator of ``config`` holding, in every group, the weights of the highest-scoring channels
@@ -191,8 +197,8 @@ class ChannelMasks:
             for point in group.mask_points:
                 self.handles.append(modules[point].register_forward_hook(self._scale(name)))
             if group.branch is not None:
-                last = [n for n, m in modules[group.branch].named_modules() if isinstance(m, nn.Conv2d)][-1]
-                self.handles.append(modules[f"{group.branch}.{last}"].register_forward_hook(self._gate([name])))
+                last = modules[_last_conv(modules, group.branch)]
+                self.handles.append(last.register_forward_hook(self._gate([name])))
         blocks: dict[str, list[str]] = {}
         for name, group in groups.items():
             if group.branch is not None:

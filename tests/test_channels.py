@@ -93,5 +93,5 @@ def test_groups_cover_every_width_site_and_tie_the_trunk():
     blocks = space.spec.blocks
     assert trunk.size == 128 and len([t for t in trunk.tensors if t[0].startswith("trunk.")]) >= 3 * blocks
     assert ("up1.0.weight", 0) in trunk.tensors and ("down2.0.weight", 0) in trunk.tensors
-    assert [conv for conv, _ in trunk.primaries] == ["down2.0"]  # CAT: the trunk's width is down2's
+    assert [conv for conv, *_ in trunk.primaries] == ["down2.0"]  # CAT: the trunk's width is down2's
     assert len(groups["group1"].primaries) == 2  # two blocks share the group's hidden width

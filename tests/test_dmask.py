@@ -53,6 +53,32 @@ def test_the_bound_schedule_has_k_updates_and_ends_at_zero(steps, most):
     assert values == pytest.approx([1 - (i / k) ** (1 / 3) for i in range(1, k + 1)])
 
 
+def test_co_attention_targets_average_in_the_discriminator_when_one_is_given():
+    from nas.discriminator import PatchDiscriminator
+    from nas.distill import PointDistiller, attention_map
+    from spaces.space import load_space
+
+    space = load_space("tests/spaces/tiny_inception.yaml")
+    torch.manual_seed(0)
+    student, teacher = space.build(space.min_config()), space.build(space.max_config())
+    x = torch.rand(2, 3, 32, 32)
+    plain = PointDistiller(student, teacher, "attention")
+    out = student(x)
+    with torch.no_grad():
+        teacher(x)
+    expected = sum(torch.nn.functional.mse_loss(attention_map(s), attention_map(t))
+                   for s, t in zip(plain._student.outputs, plain._teacher.outputs))
+    assert float(plain.loss(out).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    with_d = PointDistiller(student, teacher, "attention", discriminator=PatchDiscriminator(3, ndf=8))
+    out = student(x)
+    with torch.no_grad():
+        teacher(x)
+    loss = with_d.loss(out)
+    assert torch.isfinite(loss) and abs(float(loss.detach()) - float(expected.detach())) > 1e-6
+    loss.backward()  # the student's features get gradients; the discriminator's target does not
+    assert any(p.grad is not None for p in student.parameters())
+
+
 TINY_DMASK = ["--search-steps", "12", "--finetune-steps", "2", "--checkpoint-every", "4", "--batch-size", "2",
               "--crop", "32", "--mask-lr", "0.05"]
 

@@ -54,20 +54,31 @@ def test_the_bisection_lands_at_or_just_under_the_published_budgets(name, target
     assert pruned.macs > 0.8 * target  # close to the target, as the space's choices allow
 
 
-def test_importance_without_norms_is_the_l1_norm_of_output_filters():
+def test_importance_l1_is_the_norm_of_output_filters_and_auto_measures_activations_without_norms():
     space = load_space("tests/spaces/tiny_inception.yaml")  # instance norms: not affine
     network = widest_generator(space, "cpu")
-    scores, criterion = importance(network, channel_groups(space))
+    groups = channel_groups(space)
+    scores, criterion = importance(network, groups, "l1")
     assert criterion == "l1"
     assert torch.allclose(scores["stem"], network.stem[1].weight.abs().sum((1, 2, 3)))
     assert torch.allclose(scores["up1"], network.up1[0].weight.abs().sum((0, 2, 3)))  # transposed: dim 1 is out
     assert torch.allclose(scores["trunk"], network.down2[0].weight.abs().sum((1, 2, 3)))
+    x = torch.rand(2, 3, 32, 32)
+    scores, criterion = importance(network, groups, "auto", x)
+    assert criterion == "activation"  # no affine norms: a channel's mean output after its ReLU
+    with torch.no_grad():
+        stem = network.stem(x)
+    assert torch.allclose(scores["stem"], stem.mean((0, 2, 3)))
+    from spaces.errors import UserError
+
+    with pytest.raises(UserError, match="--importance gamma needs an affine norm"):
+        importance(network, groups, "gamma")
 
 
 def test_a_target_below_the_smallest_pruned_network_fails_clearly():
     space = load_space("tests/spaces/tiny_inception.yaml")
     groups = channel_groups(space)
-    scores, _ = importance(widest_generator(space, "cpu"), groups)
+    scores, _ = importance(widest_generator(space, "cpu"), groups, "l1")
     from spaces.errors import UserError
 
     with pytest.raises(UserError, match="prune: keeping only the most important channel"):

@@ -294,7 +294,8 @@ class DmaskTrial(Trial):
             self.finetune.save(folder)
 
     def restore(self, folder: Path) -> None:
-        self.search.restore(read_training_record(folder / SEARCH_FILE, kind="student"), source=str(folder / SEARCH_FILE))
+        path = folder / SEARCH_FILE
+        self.search.restore(read_training_record(path, kind="student"), source=str(path))
         if (folder / "checkpoint.pth").is_file():
             self.finetune = self._finetune()
             self.finetune.restore(folder)

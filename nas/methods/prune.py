@@ -35,24 +35,51 @@ from spaces.space import Config, SearchSpace
 SOURCE_KEY = "teacher_inception"  # the manifest entry of the shipped source network
 
 
-def importance(network: nn.Module, groups: dict[str, ChannelGroup]) -> tuple[dict[str, torch.Tensor], str]:
-    """Per-channel importance of every group of ``network`` (a generator of the widest plan), and what
-    it is: ``"gamma"`` (|gamma| of affine norms) or ``"l1"`` (L1 norms of output filters)."""
+CRITERIA = ("auto", "gamma", "l1", "activation")
+
+
+def importance(network: nn.Module, groups: dict[str, ChannelGroup], criterion: str = "auto",
+               calibration: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Per-channel importance of every group of ``network`` (a generator of the widest plan), and the
+    criterion used: ``gamma`` (|gamma| of the first affine norm after each prunable conv, CAT),
+    ``l1`` (the L1 norm of the conv's output filter) or ``activation`` (the channel's mean output after
+    its ReLU on ``calibration`` images: what |gamma| measures in a normalised network, a channel's
+    output scale). ``auto`` is ``gamma`` where every prunable conv has an affine norm, else
+    ``activation``."""
     modules = dict(network.named_modules())
-    kinds, scores = set(), {}
+    layers = [layer for group in groups.values() for layer in group.primaries]
+    if criterion == "auto":
+        criterion = "gamma" if all(norm is not None for _, norm, _ in layers) else "activation"
+    if criterion == "gamma" and not all(norm is not None for _, norm, _ in layers):
+        raise UserError("--importance gamma needs an affine norm after every prunable conv; this network has none "
+                        "there (use l1 or activation)")
+    means: dict[str, torch.Tensor] = {}
+    if criterion == "activation":
+        if calibration is None:
+            raise ValueError("the activation criterion needs calibration images")
+        handles = [modules[point].register_forward_hook(
+            lambda m, args, out, point=point: means.__setitem__(point, out.detach().relu().mean((0, 2, 3)).cpu()))
+            for _, _, point in layers]
+        try:
+            with torch.no_grad():
+                network(calibration.to(next(network.parameters()).device))
+        finally:
+            for handle in handles:
+                handle.remove()
+    scores = {}
     for name, group in groups.items():
-        layers = []
-        for conv, norm in group.primaries:
-            if norm is not None:
-                layers.append(modules[norm].weight.detach().abs().float())
-                kinds.add("gamma")
+        per_layer = []
+        for conv, norm, point in group.primaries:
+            if criterion == "gamma":
+                per_layer.append(modules[norm].weight.detach().abs().float().cpu())
+            elif criterion == "activation":
+                per_layer.append(means[point].float())
             else:
-                weight = modules[conv].weight.detach().abs().float()
+                weight = modules[conv].weight.detach().abs().float().cpu()
                 out_dim = 1 if isinstance(modules[conv], nn.ConvTranspose2d) else 0
-                layers.append(weight.transpose(0, out_dim).flatten(1).sum(1))
-                kinds.add("l1")
-        scores[name] = torch.stack(layers).mean(0).cpu()
-    return scores, "gamma" if kinds == {"gamma"} else "l1" if kinds == {"l1"} else "gamma+l1"
+                per_layer.append(weight.transpose(0, out_dim).flatten(1).sum(1))
+        scores[name] = torch.stack(per_layer).mean(0)
+    return scores, criterion
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,10 @@ class PruneOptions:
     distill_weight: float = field(default=0.01, metadata={
         "help": "weight of the kernel alignment with the source network, against L1's 1 (CAT: 0.5 to 1.3 against "
                 "a reconstruction weight of 100)"})
+    importance: str = field(default="auto", metadata={
+        "help": "channel importance: gamma (|gamma| of affine norms, CAT), l1 (output filters' L1 norms), activation "
+                "(mean output after the ReLU on a training batch) or auto (gamma where the network has affine norms, "
+                "else activation)"})
     reinit: bool = field(default=False, metadata={
         "help": "train the pruned architecture from fresh weights (CAT as released) instead of the kept ones"})
     gan_weight: float = field(default=0.0, metadata={"help": "weight of the LSGAN loss (0: none)"})
@@ -113,6 +144,8 @@ class PruneOptions:
     checkpoint_every: int = field(default=100, metadata={"help": "steps between a trial's checkpoints"})
 
     def __post_init__(self) -> None:
+        if self.importance not in CRITERIA:
+            raise UserError(f"--importance must be one of {', '.join(CRITERIA)}, got {self.importance!r}")
         check_range(self, "batch_size", 2, None)
         check_range(self, "lr", 1e-12, 10.0)
         check_range(self, "distill_weight", 0.0, None)
@@ -149,9 +182,12 @@ class PruneMethod(Method):
             raise UserError(f"--source {self.options.source} is config {self._space.encode(source.config)} of space "
                             f"'{self._space.name}'; prune needs a network of the space's max config "
                             f"({self._space.encode(self._space.max_config())})")
-        check_crop(load_task(context.task), self.options.crop)
+        task, options = load_task(context.task), self.options
+        check_crop(task, options.crop)
+        # one training batch: the activation criterion is measured on it
+        self.calibration, _ = task.batch(seed=context.seed, step=0, batch_size=options.batch_size, crop=options.crop)
         self.groups = channel_groups(self._space)
-        self.scores, self.criterion = importance(source.module, self.groups)
+        self.scores, self.criterion = importance(source.module, self.groups, options.importance, self.calibration)
 
     @classmethod
     def fill_defaults(cls, options: PruneOptions, task: str, space: str, shipped: dict[str, Any] | None,
