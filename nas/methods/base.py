@@ -272,6 +272,51 @@ class Method(ABC):
         checkpoint) as a standalone student (nas.export's forms) to ``out``."""
 
 
+class TargetMethod(Method):
+    """A method that trains one student per trial to a MACs target (kd, prune, dmask): the target is
+    sampled log-uniformly in ``target_range``, the first trial's is the budget (so ``--trials 1``, and
+    ``nas.train student``, give one student at the budget), and the student is exported as trained."""
+
+    trains = True
+    commands = ("search", "student")
+    default_trials = 4
+    export_keys: ClassVar[tuple[str, ...]] = ("target", "steps")  # facts of the student's record kept in its export
+    _space: SearchSpace
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._space
+
+    def parameters(self) -> dict[str, Param]:
+        return {"target": LogUniform(*target_range(self._space, self.context.budget, self.context.macs_convention))}
+
+    def first_params(self) -> list[dict[str, Any]]:
+        return [{"target": float(self.context.budget)}]
+
+    def describe(self, params: dict[str, Any]) -> str:
+        return f"target {float(params['target']) / 1e9:.4g}G"
+
+    def load(self) -> None:
+        super().load()
+        self.task = load_task(self.context.task)
+
+    def start(self, params: dict[str, Any]) -> Trial:
+        if not hasattr(self, "task"):
+            self.load()
+        return self.trial(float(params["target"]))
+
+    @abstractmethod
+    def trial(self, target: float) -> Trial:
+        """A trial that trains a student of at most ``target`` MACs (after ``load``)."""
+
+    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
+               progress: bool = False) -> dict[str, Any]:
+        from nas.export import export_trained
+
+        return export_trained(row, weights, out, task=self.context.task, method=self.name,
+                              teacher=self.context.teacher, keys=self.export_keys)
+
+
 def resolve_space(name: str, task: str) -> SearchSpace:
     """``--space NAME`` on the embedded default is ``spaces/<task>/NAME.yaml``; a path works as it is."""
     from spaces.space import BUILTIN_DIR, builtin_spaces

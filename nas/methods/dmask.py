@@ -37,26 +37,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.checkpoint import load_generator, load_supernet, read_training_record
-from nas.data import Task, check_crop, load_task
+from nas.data import check_crop, load_task
 from nas.distill import PointDistiller
 from nas.methods.base import (
     Candidate,
     Failed,
-    LogUniform,
-    Method,
-    Param,
     SearchContext,
+    TargetMethod,
     Trial,
     TrainingTrial,
     check_range,
     resolve_space,
-    target_range,
 )
 from nas.methods.student import PrunedStudentObjective
 from nas.training import GeneratorObjective, TrainSettings, Training, adam, optimize
 from spaces.channels import ChannelGroup, ChannelMasks, channel_groups, derive_config, inherit
 from spaces.errors import UserError
-from spaces.space import Config, SearchSpace
+from spaces.space import Config
 
 MASK_INIT_STD = 0.2  # DMAD's initialisation of the mask variables
 SEARCH_SHARE = 0.75  # the bound reaches 0 after this share of the search steps
@@ -301,14 +298,12 @@ class DmaskTrial(Trial):
             self.finetune.restore(folder)
 
 
-class DmaskMethod(Method):
+class DmaskMethod(TargetMethod):
     """Differentiable channel masks on the widest network of a space, one trial per sampled MACs target."""
 
     name = "dmask"
     Options = DmaskOptions
-    trains = True
-    commands = ("search", "student")
-    default_trials = 4
+    export_keys = ("target", "init", "frozen_at", "steps")
 
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
@@ -352,32 +347,5 @@ class DmaskMethod(Method):
             network.load_state_dict(self.teacher_module.state_dict())
         return network
 
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def parameters(self) -> dict[str, Param]:
-        return {"target": LogUniform(*target_range(self._space, self.context.budget, self.context.macs_convention))}
-
-    def first_params(self) -> list[dict[str, Any]]:
-        return [{"target": float(self.context.budget)}]
-
-    def describe(self, params: dict[str, Any]) -> str:
-        return f"target {float(params['target']) / 1e9:.4g}G"
-
-    def load(self) -> None:
-        super().load()
-        self.task: Task = load_task(self.context.task)
-
-    def start(self, params: dict[str, Any]) -> DmaskTrial:
-        if not hasattr(self, "task"):
-            self.load()
-        return DmaskTrial(self, params["target"])
-
-    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
-               progress: bool = False) -> dict[str, Any]:
-        from nas.export import export_trained
-
-        return export_trained(row, weights, out, task=self.context.task, method=self.name,
-                              teacher=self.context.teacher, keys=("target", "init", "frozen_at", "steps"))
-
+    def trial(self, target: float) -> DmaskTrial:
+        return DmaskTrial(self, target)

@@ -15,25 +15,15 @@ teacher's output. The student trains from scratch; no hyperparameter is sampled 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nas.checkpoint import load_generator
-from nas.data import Task, check_crop, load_task
+from nas.data import check_crop, load_task
 from nas.discriminator import discriminator_from
-from nas.methods.base import (
-    LogUniform,
-    Method,
-    Param,
-    SearchContext,
-    TrainingTrial,
-    check_range,
-    resolve_space,
-    target_range,
-)
+from nas.methods.base import SearchContext, TargetMethod, TrainingTrial, check_range, resolve_space
 from nas.training import GeneratorObjective, TrainSettings, Training, adam, optimize, with_gan
 from spaces.errors import UserError
 from spaces.plan import agd_token, parse_agd_token
@@ -156,14 +146,12 @@ def kd_trial(method: KdMethod, target: float) -> TrainingTrial:
     return TrainingTrial(method, config, training, {"factor": factor, "target": float(target)})
 
 
-class KdMethod(Method):
+class KdMethod(TargetMethod):
     """Uniformly scaled students distilled from the teacher (MSE), one per sampled MACs target."""
 
     name = "kd"
     Options = KdOptions
-    trains = True
-    commands = ("search", "student")
-    default_trials = 4
+    export_keys = ("factor", "steps")
 
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
@@ -176,31 +164,5 @@ class KdMethod(Method):
                             f"{teacher.space.spec.out_channels} channels but space {self._space.name} maps "
                             f"{self._space.spec.in_channels} to {self._space.spec.out_channels}")
 
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def parameters(self) -> dict[str, Param]:
-        return {"target": LogUniform(*target_range(self._space, self.context.budget, self.context.macs_convention))}
-
-    def first_params(self) -> list[dict[str, Any]]:
-        return [{"target": float(self.context.budget)}]  # --trials 1 gives one student at the budget
-
-    def describe(self, params: dict[str, Any]) -> str:
-        return f"target {float(params['target']) / 1e9:.4g}G"
-
-    def load(self) -> None:
-        super().load()
-        self.task: Task = load_task(self.context.task)
-
-    def start(self, params: dict[str, Any]) -> TrainingTrial:
-        if not hasattr(self, "task"):
-            self.load()
-        return kd_trial(self, params["target"])
-
-    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
-               progress: bool = False) -> dict[str, Any]:
-        from nas.export import export_trained
-
-        return export_trained(row, weights, out, task=self.context.task, method=self.name,
-                              teacher=self.context.teacher, keys=("factor", "steps"))
+    def trial(self, target: float) -> TrainingTrial:
+        return kd_trial(self, target)

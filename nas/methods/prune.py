@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from nas.checkpoint import load_generator
-from nas.data import Task, check_crop, load_task
-from nas.methods.base import LogUniform, Method, Param, SearchContext, TrainingTrial, check_range, target_range
+from nas.data import check_crop, load_task
+from nas.methods.base import SearchContext, TargetMethod, TrainingTrial, check_range
 from nas.methods.student import PrunedStudentObjective
 from nas.training import TrainSettings, Training
 from spaces.channels import ChannelGroup, channel_groups, derive_config, inherit
@@ -159,14 +159,12 @@ class PruneOptions:
                              gan_weight=self.gan_weight, ndf=self.ndf)
 
 
-class PruneMethod(Method):
+class PruneMethod(TargetMethod):
     """One-step pruning of a source network to each sampled MACs target, then GKA distillation."""
 
     name = "prune"
     Options = PruneOptions
-    trains = True
-    commands = ("search", "student")
-    default_trials = 4
+    export_keys = ("target", "threshold", "importance", "steps")
 
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
@@ -201,30 +199,11 @@ class PruneMethod(Method):
                             f"{space!r}; use --space inception or give --source")
         return replace(options, source=str(weights_dir / shipped[SOURCE_KEY]["file"]))
 
-    @property
-    def space(self) -> SearchSpace:
-        return self._space
-
-    def parameters(self) -> dict[str, Param]:
-        return {"target": LogUniform(*target_range(self._space, self.context.budget, self.context.macs_convention))}
-
-    def first_params(self) -> list[dict[str, Any]]:
-        return [{"target": float(self.context.budget)}]
-
-    def describe(self, params: dict[str, Any]) -> str:
-        return f"target {float(params['target']) / 1e9:.4g}G"
-
     def prune(self, target: float) -> Pruned:
         return prune_config(self._space, self.groups, self.scores, target, self.context.macs_convention)
 
-    def load(self) -> None:
-        super().load()
-        self.task: Task = load_task(self.context.task)
-
-    def start(self, params: dict[str, Any]) -> TrainingTrial:
-        if not hasattr(self, "task"):
-            self.load()
-        target, options, device = float(params["target"]), self.options, torch.device(self.context.device)
+    def trial(self, target: float) -> TrainingTrial:
+        options, device = self.options, torch.device(self.context.device)
         pruned = self.prune(target)
         settings = options.settings(self.context.seed)
         torch.manual_seed(settings.seed)
@@ -240,10 +219,3 @@ class PruneMethod(Method):
         return TrainingTrial(self, pruned.config, training,
                              {"target": target, "threshold": pruned.threshold, "importance": self.criterion,
                               "reinit": options.reinit})
-
-    def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
-               progress: bool = False) -> dict[str, Any]:
-        from nas.export import export_trained
-
-        return export_trained(row, weights, out, task=self.context.task, method=self.name,
-                              teacher=self.context.teacher, keys=("target", "threshold", "importance", "steps"))
