@@ -27,11 +27,43 @@ TRAIN_FORMAT = "gan-nas/train-v1"
 TRAIN_KINDS = ("teacher", "supernet", "student")
 
 
+# What torch.save writes starts like a zip archive (the default since PyTorch 1.6) or a pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+_OTHER_FORMATS = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+                  (b"%PDF", "a PDF document"))
+
+
+def _not_a_checkpoint(head: bytes) -> str | None:
+    """What a file that cannot be a torch.save checkpoint looks like, from its first bytes; None if it may be one."""
+    if head.startswith(_CHECKPOINT_MAGIC):
+        return None
+    if not head:
+        return "an empty file"
+    for magic, what in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        return "a file of another format"
+    return "a JSON file" if text[:1] in "{[" else "a text file (YAML, CSV or similar)"
+
+
 def safe_load(path: str | Path) -> Any:
     """``torch.load`` with ``weights_only=True``; one-line UserError for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; give the path of a .pth file")
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found; give the path of a .pth file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    what = _not_a_checkpoint(head)
+    if what is not None:
+        raise UserError(f"{path} is not a PyTorch checkpoint (it is {what}); give a .pth file written by torch.save")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -39,9 +71,9 @@ def safe_load(path: str | Path) -> Any:
         detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
         raise UserError(f"refused to load {path}: it is a pickle that would run code, not plain weights "
                         f"({detail.strip()}); re-save it as a state dict of tensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+        raise UserError(f"cannot read checkpoint {path}: it is damaged or not a PyTorch checkpoint ({first})") from None
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

@@ -86,3 +86,28 @@ def test_other_commands_fail_in_one_line(module, args, message):
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path):
+    """A text, JSON or image file, an empty file, a folder, or a truncated checkpoint given where a
+    checkpoint is expected: one line that says what the file is, for every command that loads one."""
+    from PIL import Image
+
+    (tmp_path / "notes.txt").write_text("hello\n" * 20)
+    (tmp_path / "run.json").write_text('{"a": 1}')
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "folder.pth").mkdir()
+    (tmp_path / "cut.pth").write_bytes(open("weights/sr4x/teacher.pth", "rb").read()[:5000])
+    cases = [("notes.txt", "it is a text file"), ("run.json", "it is a JSON file"), ("photo.png", "it is a PNG image"),
+             ("empty.pth", "it is an empty file"), ("folder.pth", "is a folder"),
+             ("cut.pth", "it is damaged or not a PyTorch checkpoint")]
+    for name, message in cases:
+        path = str(tmp_path / name)
+        for module, args in (("nas.inspect", ["--teacher", path]),
+                             ("nas.search", ["--budget", "1G", "--supernet", path, "--out", str(tmp_path / "r")])):
+            out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+            assert out.returncode == 2, (module, name, out.stderr)
+            assert message in out.stderr and "Traceback" not in out.stderr, (module, name, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()  # nothing written for bad input

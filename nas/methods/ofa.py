@@ -174,12 +174,9 @@ class OfaMethod(Method):
         path = self.options.supernet
         if not path:
             raise UserError("--method ofa needs a trained supernet (--supernet CKPT, from nas.train supernet)")
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UserError(f"--supernet {path} not found")
-        try:
-            record = read_training_record(path, kind="supernet")
-        except UserError:
-            raise UserError(f"{path} is not a supernet checkpoint of nas.train supernet") from None
+        record = read_training_record(path, kind="supernet")  # says what the file is when it is not one
         self._space = SearchSpace.from_text(record["space_yaml"], source=f"{path} (embedded space)",
                                             name=record["space_name"])
         self.supernet = None
