@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo inspect test test-slow bench bench-overhead clean
+.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,16 @@ test: venv
 
 test-slow: venv
 	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q -m slow
+
+# The GPU path in one go (bench/gpu_check.py); on a machine without network run the script with its python3
+gpu-check: venv
+	$(PY) bench/gpu_check.py --device cuda --out runs/gpu-check
+
+# The small wheels bench/gpu_check.py needs beyond a GPU image's usual packages, for a machine without network
+gpu-check-wheels: venv
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -c "import sys; sys.path.insert(0, 'bench'); import gpu_check; print(*gpu_check.WHEELS)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache

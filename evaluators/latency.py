@@ -16,14 +16,14 @@ def _synchronize(device: torch.device | str) -> None:
 
 @torch.no_grad()
 def latencies(models: dict[str, nn.Module], *, channels: int = 3, size: int = 256, repeats: int = 25,
-              device: torch.device | str = "cpu", threads: int | None = None) -> dict[str, float]:
-    """Median seconds per 1 x C x S x S forward of each model, the models interleaved so that machine
+              device: torch.device | str = "cpu", threads: int | None = None, batch: int = 1) -> dict[str, float]:
+    """Median seconds per ``batch`` x C x S x S forward of each model, the models interleaved so that machine
     noise hits all alike (one warm-up pass each). ``threads`` sets torch's CPU threads for the run."""
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        x = torch.rand(1, channels, size, size, device=device) * 2 - 1
+        x = torch.rand(batch, channels, size, size, device=device) * 2 - 1
         times: dict[str, list[float]] = {name: [] for name in models}
         for model in models.values():
             model.eval()(x)
