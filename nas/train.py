@@ -144,7 +144,7 @@ def _add_schedule(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("--gan-weight", type=float, default=0.0, help="weight of the PatchGAN loss (0: off)")
     p.add_argument("--ndf", type=int, default=32, help="discriminator width")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (pays off only with large batches and crops: README, GPU path)")
     _add_run(p)
 
 
