@@ -266,26 +266,41 @@ def build_generator(plan: Plan) -> Generator:
     return Generator(plan)
 
 
-def plan_cost(plan: Plan, height: int, width: int) -> Cost:
-    """Exact MACs (both conventions) and params of ``build_generator(plan)`` on one HxW image."""
-    cost, n, bias = Cost(), plan.norm, uses_bias(plan.norm)
+def plan_terms(plan: Plan, height: int, width: int) -> dict[str, Cost]:
+    """Exact MACs (both conventions) and params of each part of ``build_generator(plan)`` on one HxW
+    image: ``stem``, ``down1``, ``down2``, ``trunk.I`` per block, ``up1``, ``up2``, ``head``. Each part
+    depends on at most two neighbouring widths (``spaces.relaxed`` relies on it)."""
+    n, bias = plan.norm, uses_bias(plan.norm)
     h2, w2, h4, w4 = (height + 1) // 2, (width + 1) // 2, (height + 3) // 4, (width + 3) // 4
-    cost.conv(plan.in_channels, plan.stem, 7, height, width, bias=bias)
-    cost.norm(n, plan.stem, height, width)
-    cost.conv(plan.stem, plan.down1, 3, h2, w2, bias=bias)
-    cost.norm(n, plan.down1, h2, w2)
-    cost.conv(plan.down1, plan.trunk, 3, h4, w4, bias=bias)
-    cost.norm(n, plan.trunk, h4, w4)
-    for block in plan.blocks:
+    terms = {name: Cost() for name in ("stem", "down1", "down2")}
+    terms["stem"].conv(plan.in_channels, plan.stem, 7, height, width, bias=bias)
+    terms["stem"].norm(n, plan.stem, height, width)
+    terms["down1"].conv(plan.stem, plan.down1, 3, h2, w2, bias=bias)
+    terms["down1"].norm(n, plan.down1, h2, w2)
+    terms["down2"].conv(plan.down1, plan.trunk, 3, h4, w4, bias=bias)
+    terms["down2"].norm(n, plan.trunk, h4, w4)
+    for i, block in enumerate(plan.blocks):
+        cost = terms[f"trunk.{i}"] = Cost()
         if isinstance(block, ResnetBlockPlan):
             ResnetBlock.add_cost(block, n, cost, h4, w4)
         elif isinstance(block, InceptionBlockPlan):
             InceptionBlock.add_cost(block, n, cost, h4, w4)
         else:
             add_agd_cost(block, n, cost, h4, w4)
-    cost.conv_transpose(plan.trunk_out, plan.up1, 3, h4, w4, bias=bias)
-    cost.norm(n, plan.up1, 2 * h4, 2 * w4)
-    cost.conv_transpose(plan.up1, plan.up2, 3, 2 * h4, 2 * w4, bias=bias)
-    cost.norm(n, plan.up2, 4 * h4, 4 * w4)
-    cost.conv(plan.up2, plan.out_channels, 7, 4 * h4, 4 * w4, bias=True)
-    return cost
+    up1, up2, head = terms["up1"], terms["up2"], terms["head"] = Cost(), Cost(), Cost()
+    up1.conv_transpose(plan.trunk_out, plan.up1, 3, h4, w4, bias=bias)
+    up1.norm(n, plan.up1, 2 * h4, 2 * w4)
+    up2.conv_transpose(plan.up1, plan.up2, 3, 2 * h4, 2 * w4, bias=bias)
+    up2.norm(n, plan.up2, 4 * h4, 4 * w4)
+    head.conv(plan.up2, plan.out_channels, 7, 4 * h4, 4 * w4, bias=True)
+    return terms
+
+
+def plan_cost(plan: Plan, height: int, width: int) -> Cost:
+    """Exact MACs (both conventions) and params of ``build_generator(plan)`` on one HxW image."""
+    total = Cost()
+    for term in plan_terms(plan, height, width).values():
+        total.torchprofile += term.torchprofile
+        total.fvcore += term.fvcore
+        total.params += term.params
+    return total

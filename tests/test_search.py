@@ -195,7 +195,6 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
     (["--budget=-2G"], "MACs must be a positive number"),
     (["--budget", "1M"], "budget 1M is below the smallest config of space 'tiny_inception' (1.757M MACs"),
     (["--budget", "1G", "--address", "127.0.0.1:1"], "no Ray cluster answers there"),
-    (["--budget", "1G", "--method", "agd"], "--method agd is not available yet"),
 ])
 def test_bad_input_fails_before_ray_starts(tmp_path, tiny_models, args, message):
     cmd = search_cmd(tiny_models, tmp_path / "run")

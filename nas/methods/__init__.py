@@ -6,6 +6,7 @@ dataclass gives its command-line flags), and add it to ``METHODS`` below.
 
 from __future__ import annotations
 
+from nas.methods.agd import AgdMethod
 from nas.methods.base import Candidate, Method, SearchContext, Trial
 from nas.methods.dmask import DmaskMethod
 from nas.methods.kd import KdMethod
@@ -13,8 +14,8 @@ from nas.methods.ofa import OfaMethod
 from nas.methods.prune import PruneMethod
 from spaces.errors import UserError
 
-METHODS: dict[str, type[Method]] = {"ofa": OfaMethod, "kd": KdMethod, "prune": PruneMethod, "dmask": DmaskMethod}
-PLANNED = ("agd",)
+METHODS: dict[str, type[Method]] = {"ofa": OfaMethod, "kd": KdMethod, "prune": PruneMethod, "dmask": DmaskMethod,
+                                    "agd": AgdMethod}
 
 
 def list_methods(command: str = "search") -> list[str]:
@@ -29,8 +30,6 @@ def get_method(name: str, command: str = "search") -> type[Method]:
     if name in METHODS:
         runs = " or ".join(f"`{'nas.search' if c == 'search' else 'nas.train ' + c}`" for c in METHODS[name].commands)
         raise UserError(f"--method {name} runs with {runs}, not here; available here: {available}")
-    if name in PLANNED:
-        raise UserError(f"--method {name} is not available yet; available: {available}")
     raise UserError(f"unknown --method {name!r}; available: {available}")
 
 

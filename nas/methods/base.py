@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -173,6 +173,67 @@ class TrainingTrial(Trial):
         self.training.restore(record, source=str(folder / CHECKPOINT_FILE))
 
 
+SEARCH_FILE = "search.pth"
+
+
+class SearchThenTrainTrial(Trial):
+    """A search (its own ``Training``, checkpointed as ``search.pth``) that derives a config, then the
+    derived student's training (a ``TrainingTrial``, checkpointed as ``checkpoint.pth``): dmask, agd."""
+
+    def __init__(self, method: Method, target: float, search: Any, finetune_steps: int) -> None:
+        self.method, self.target, self.search, self.finetune_steps = method, float(target), search, finetune_steps
+        self.finetune: TrainingTrial | None = None
+
+    @property
+    def objective(self) -> Any:
+        return self.search.objective
+
+    @property
+    def steps_done(self) -> int:
+        return self.search.step + (self.finetune.steps_done if self.finetune else 0)
+
+    @property
+    def steps_total(self) -> int:
+        return self.search.settings.steps + self.finetune_steps
+
+    def failure(self) -> Failed | None:
+        """Checked after each chunk of the search: a reason to end the trial without a student."""
+        return None
+
+    @abstractmethod
+    def derive(self) -> TrainingTrial:
+        """The derived student's training, once the search is done."""
+
+    def step(self) -> dict[str, Any] | Candidate | Failed:
+        s = self.search
+        if not s.done:
+            s.advance(s.step + s.settings.checkpoint_every, evaluate=False)
+            failed = self.failure()
+            if failed is not None:
+                return failed
+            if not s.done:
+                return {"step": self.steps_done, "steps": self.steps_total, "loss": s.loss}
+        if self.finetune is None:
+            self.finetune = self.derive()
+        out = self.finetune.step()
+        if isinstance(out, dict):
+            return {**out, "step": self.steps_done, "steps": self.steps_total}
+        return out
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.search.save(folder / SEARCH_FILE)
+        if self.finetune is not None:
+            self.finetune.save(folder)
+
+    def restore(self, folder: Path) -> None:
+        path = folder / SEARCH_FILE
+        self.search.restore(read_training_record(path, kind="student"), source=str(path))
+        if (folder / CHECKPOINT_FILE).is_file():
+            self.finetune = self.derive()
+            self.finetune.restore(folder)
+
+
 def target_range(space: SearchSpace, budget: float, convention: str) -> tuple[float, float]:
     """Where a method that trains to a MACs target samples it, log-uniformly: [max(budget / 8, the
     space's smallest config), budget]."""
@@ -315,6 +376,28 @@ class TargetMethod(Method):
 
         return export_trained(row, weights, out, task=self.context.task, method=self.name,
                               teacher=self.context.teacher, keys=self.export_keys)
+
+
+def with_shipped_supernet(options: Any, space: str, shipped: dict[str, Any] | None, weights_dir: Path) -> Any:
+    """``options`` whose ``supernet`` is the shipped one for ``space`` (a space named as on the embedded
+    default; a path has none) where the user gave none."""
+    key = f"supernet_{space}"
+    if options.supernet or shipped is None or key not in shipped:
+        return options
+    return replace(options, supernet=str(weights_dir / shipped[key]["file"]))
+
+
+def starting_point(supernet: str | None, context: SearchContext) -> tuple[SearchSpace, dict[str, Any] | None, str]:
+    """What a method's network starts from: the space and weights of the supernet at ``supernet``
+    (init "supernet"), or, where it is empty or 'none', the context's space and no weights ("scratch")."""
+    from nas.checkpoint import load_supernet
+
+    if supernet and supernet != "none":
+        if not Path(supernet).is_file():
+            raise UserError(f"--supernet {supernet} not found")
+        loaded, _ = load_supernet(supernet)
+        return loaded.space, loaded.net.state_dict(), "supernet"
+    return resolve_space(context.space, context.task), None, "scratch"
 
 
 def resolve_space(name: str, task: str) -> SearchSpace:

@@ -28,7 +28,7 @@ space, else from scratch: the row's ``extra_init`` says which.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.checkpoint import load_generator, load_supernet, read_training_record
+from nas.checkpoint import load_generator
 from nas.data import check_crop, load_task
 from nas.distill import PointDistiller
 from nas.methods.base import (
-    Candidate,
     Failed,
     SearchContext,
+    SearchThenTrainTrial,
     TargetMethod,
-    Trial,
     TrainingTrial,
     check_range,
-    resolve_space,
+    starting_point,
+    with_shipped_supernet,
 )
 from nas.methods.student import PrunedStudentObjective
 from nas.training import GeneratorObjective, TrainSettings, Training, adam, optimize
@@ -57,7 +57,6 @@ from spaces.space import Config
 
 MASK_INIT_STD = 0.2  # DMAD's initialisation of the mask variables
 SEARCH_SHARE = 0.75  # the bound reaches 0 after this share of the search steps
-SEARCH_FILE = "search.pth"
 
 
 def soft_mask(w: torch.Tensor, bound: float) -> torch.Tensor:
@@ -219,53 +218,30 @@ def _key(group: str) -> str:
     return group.replace(".", "_")  # ParameterDict keys cannot hold dots
 
 
-class DmaskTrial(Trial):
-    """Mask search (``search.pth``), then the derived student's fine-tune (a ``TrainingTrial``)."""
+class DmaskTrial(SearchThenTrainTrial):
+    """Mask search (``search.pth``), then the derived student's fine-tune."""
 
     def __init__(self, method: DmaskMethod, target: float) -> None:
-        self.method, self.target = method, float(target)
         options, device = method.options, torch.device(method.context.device)
         settings = options.settings(method.context.seed, options.search_steps)
-        self.search = Training(MaskSearchObjective(method, target, settings, device), method.task, settings, device,
-                               task_spec=method.context.task)
-        self.finetune: TrainingTrial | None = None
-
-    @property
-    def objective(self) -> MaskSearchObjective:
-        return self.search.objective
-
-    @property
-    def steps_done(self) -> int:
-        return self.search.step + (self.finetune.steps_done if self.finetune else 0)
-
-    @property
-    def steps_total(self) -> int:
-        return self.method.options.search_steps + self.method.options.finetune_steps
+        search = Training(MaskSearchObjective(method, target, settings, device), method.task, settings, device,
+                          task_spec=method.context.task)
+        super().__init__(method, target, search, options.finetune_steps)
 
     def _last_update_passed(self) -> bool:
         """Whether the step that applied the last bound update (and its MACs check) has run."""
         steps, most = self.search.settings.steps, self.method.options.mask_updates
         return self.search.step > 0 and bound_at(self.search.step - 1, steps, most)[1] == mask_updates(steps, most)
 
-    def step(self) -> dict[str, Any] | Candidate | Failed:
-        s = self.search
-        if not s.done:
-            s.advance(s.step + s.settings.checkpoint_every, evaluate=False)
-            if self.objective.frozen is None and self._last_update_passed():
-                return Failed(f"dmask: the masks never brought the network under the target "
-                              f"{self.target / 1e9:.4g}G MACs (the derived config cost "
-                              f"{self.objective.reached / 1e9:.4g}G at the last bound update); raise "
-                              f"--mask-weight, --mask-lr or --search-steps, or the budget")
-            if not s.done:
-                return {"step": self.steps_done, "steps": self.steps_total, "loss": s.loss}
-        if self.finetune is None:
-            self.finetune = self._finetune()
-        out = self.finetune.step()
-        if isinstance(out, dict):
-            return {**out, "step": self.steps_done, "steps": self.steps_total}
-        return out
+    def failure(self) -> Failed | None:
+        if self.objective.frozen is None and self._last_update_passed():
+            return Failed(f"dmask: the masks never brought the network under the target "
+                          f"{self.target / 1e9:.4g}G MACs (the derived config cost "
+                          f"{self.objective.reached / 1e9:.4g}G at the last bound update); raise "
+                          f"--mask-weight, --mask-lr or --search-steps, or the budget")
+        return None
 
-    def _finetune(self) -> TrainingTrial:
+    def derive(self) -> TrainingTrial:
         method, objective = self.method, self.objective
         options, device = method.options, torch.device(method.context.device)
         config, keep = objective.derived(0.0)
@@ -284,19 +260,6 @@ class DmaskTrial(Trial):
                  "mask_updates": mask_updates(options.search_steps, options.mask_updates)}
         return TrainingTrial(method, config, training, extra)
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.search.save(folder / SEARCH_FILE)
-        if self.finetune is not None:
-            self.finetune.save(folder)
-
-    def restore(self, folder: Path) -> None:
-        path = folder / SEARCH_FILE
-        self.search.restore(read_training_record(path, kind="student"), source=str(path))
-        if (folder / "checkpoint.pth").is_file():
-            self.finetune = self._finetune()
-            self.finetune.restore(folder)
-
 
 class DmaskMethod(TargetMethod):
     """Differentiable channel masks on the widest network of a space, one trial per sampled MACs target."""
@@ -307,15 +270,7 @@ class DmaskMethod(TargetMethod):
 
     def __init__(self, context: SearchContext) -> None:
         super().__init__(context)
-        path = self.options.supernet
-        self._supernet_state = None
-        if path and path != "none":
-            if not Path(path).is_file():
-                raise UserError(f"--supernet {path} not found")
-            supernet, _ = load_supernet(path)
-            self._space, self._supernet_state, self.init = supernet.space, supernet.net.state_dict(), "supernet"
-        else:
-            self._space, self.init = resolve_space(context.space, context.task), "scratch"
+        self._space, self._supernet_state, self.init = starting_point(self.options.supernet, context)
         if self._space.family not in ("resnet", "inception"):
             raise UserError(f"--method dmask masks resnet and inception spaces; space '{self._space.name}' is of the "
                             f"{self._space.family} family")
@@ -327,10 +282,7 @@ class DmaskMethod(TargetMethod):
     @classmethod
     def fill_defaults(cls, options: DmaskOptions, task: str, space: str, shipped: dict[str, Any] | None,
                       weights_dir: Path) -> DmaskOptions:
-        key = f"supernet_{space}"  # a space named as on the embedded default (a path has no shipped supernet)
-        if options.supernet or shipped is None or key not in shipped:
-            return options
-        return replace(options, supernet=str(weights_dir / shipped[key]["file"]))
+        return with_shipped_supernet(options, space, shipped, weights_dir)
 
     def _teacher_is_widest(self) -> bool:
         teacher = load_generator(self.context.teacher)

@@ -20,7 +20,7 @@ from nas.methods.base import Candidate, Categorical, Method, Param, SearchContex
 from nas.training import Objective, TrainSettings, adam, optimize, with_gan
 from spaces.errors import UserError
 from spaces.modules import Cost
-from spaces.space import Config, SearchSpace
+from spaces.space import Choice, Config, SearchSpace
 from spaces.supernet import Supernet
 
 SANDWICH = ("max", "min", "random", "random")
@@ -29,13 +29,30 @@ SANDWICH_PHASES = ("max", "min", "random")
 
 def sandwich_config(space: SearchSpace, seed: int, step: int, schedule: tuple[str, ...] = SANDWICH) -> Config:
     """The subnet of a step: ``schedule`` cycled over steps; by default the largest, the smallest,
-    then two random subnets, in turn (the sandwich rule spread over steps)."""
+    then two random subnets, in turn (the sandwich rule spread over steps). In an agd space the largest
+    and smallest have every width at its extreme and each layer's operator sampled, so that every
+    operator trains at both extremes."""
     phase = schedule[step % len(schedule)]
-    if phase == "max":
-        return space.max_config()
-    if phase == "min":
-        return space.min_config()
-    return space.sample(random.Random(seed * 7_919 + step))
+    rng = random.Random(seed * 7_919 + step)
+    if phase == "random":
+        return space.sample(rng)
+    config = space.max_config() if phase == "max" else space.min_config()
+    if space.family == "agd":  # widths at the extreme, operators sampled (skip, which has no width, too)
+        for site in space.sites:
+            if site.name.startswith("layer"):
+                config[site.name] = _extreme_width(site.choices, rng.choice(sorted({_op(t) for t in site.choices})),
+                                                   phase == "max")
+    return config
+
+
+def _op(token: Choice) -> str:
+    return str(token).rstrip("0123456789")
+
+
+def _extreme_width(tokens: tuple[Choice, ...], op: str, widest: bool) -> Choice:
+    """``op``'s widest (or narrowest) token among ``tokens``."""
+    mine = [t for t in tokens if _op(t) == op]
+    return (max if widest else min)(mine, key=lambda t: int(str(t)[len(op):] or 0))
 
 
 def parse_sandwich(text: str) -> tuple[str, ...]:
