@@ -22,10 +22,10 @@ from nas.files import atomic_write
 COLUMNS = [
     "trial_id", "method", "space", "config", "macs_torchprofile", "macs_fvcore", "params",
     "quality", "quality_metric", "share", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status",
-    "error", "node", "seconds", "cpu_seconds", "weights", "params_json", "finished_at",
+    "error", "node", "seconds", "cpu_seconds", "weights", "params_json", "finished_at", "details_json",
 ]
 TEXT_COLUMNS = ("trial_id", "method", "space", "config", "quality_metric", "status", "error", "node", "weights",
-                "params_json", "finished_at")
+                "params_json", "finished_at", "details_json")
 # trials.csv is rewritten after this many new rows, or a tenth of the table if more (and at the end)
 MIN_BATCH = 10
 
@@ -119,4 +119,7 @@ def row_from_result(trial_id: str, method, result: dict[str, Any], *, params: di
         "seconds": round(result.get("time_total_s", 0.0), 3), "cpu_seconds": result.get("cpu_seconds"),
         "weights": weights, "params_json": json.dumps(params),
         "finished_at": now(),
+        # what the method says of the candidate (kd's factor, dmask's frozen_at, agd's projected, ...)
+        "details_json": json.dumps({k.removeprefix("extra_"): v for k, v in result.items() if k.startswith("extra_")},
+                                   default=str),
     }

@@ -250,6 +250,9 @@ def test_an_agd_search_writes_feasible_rows_and_a_student_that_applies(tmp_path,
     assert len(table) == 2 and (table["status"] == "ok").all() and table["feasible"].all(), table.to_string()
     for _, row in table.iterrows():
         assert row["macs_torchprofile"] <= json.loads(row["params_json"])["target"]
+        details = json.loads(row["details_json"])
+        assert isinstance(details["projected"], bool) and details["search_cpu_s"] > 0
+        assert details["projected"] == (details["argmax_macs"] > json.loads(row["params_json"])["target"])
     assert applies_to_a_photo(out / "best" / "model.pth", tmp_path) == (96, 96)
 
 
