@@ -1,9 +1,10 @@
-"""A method that trains per trial (kd, prune, dmask) on sr4x: its search, its students then judged on
+"""A method that trains per trial (kd, prune, dmask, agd) on sr4x: its search, its students then judged on
 the test split.
 
     python bench/method_sr4x.py --method kd [--space resnet] [--budget 0.5G] [--trials 2] [--out DIR] [METHOD FLAGS]
     python bench/method_sr4x.py --method prune --space inception
     python bench/method_sr4x.py --method dmask --space resnet --search-steps 200
+    python bench/method_sr4x.py --method agd --space agd
 
 Runs ``python -m nas.search --method M`` (the command users run; other flags go to it) on the embedded
 default, then loads every trial's student from the run's storage and measures it on the whole test
@@ -30,7 +31,7 @@ from nas.defaults import default_teacher
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="kd", choices=("kd", "prune", "dmask"))
+    p.add_argument("--method", default="kd", choices=("kd", "prune", "dmask", "agd"))
     p.add_argument("--space", default="resnet")
     p.add_argument("--budget", default="0.5G")
     p.add_argument("--trials", type=int, default=2)
@@ -46,7 +47,7 @@ def main() -> None:
                        check=True)
         print(f"search: {time.perf_counter() - began:.0f} s wall")
     print("command: python -m nas.search " + " ".join(command[3:]))
-    table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str, "config": str})
+    table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str, "config": str, "details_json": str})
     task = load_task("sr4x")
     teacher = load_generator(default_teacher("sr4x", None))
     test = reference(teacher.module, task.eval_set("test"))
@@ -63,6 +64,8 @@ def main() -> None:
               f"{t_macs / row['macs_torchprofile']:>9.1f}"
               f"{f'{row.psnr:.2f} ({format_share(row.share)})':>20}{f'{q.psnr:.2f} ({format_share(q.share)})':>20}"
               f"{q.ssim:>11.3f}{row['seconds']:>8.0f}{row['cpu_seconds']:>8.0f}  {row['config']}")
+        if isinstance(row.get("details_json"), str):
+            print(f"{'':<10}details: {row['details_json']}")
     for _, row in table[table["status"] != "ok"].iterrows():
         print(f"{row['trial_id']:<10}failed: {row['error']}")
 

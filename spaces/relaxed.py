@@ -108,17 +108,26 @@ class RelaxedMacs:
         for i, c in enumerate(f.widths):
             self.width_value[i, self.values.index(c)] = 1.0
         self.conv = f.ops.index("conv") if "conv" in f.ops else None
+        self._on: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     def __call__(self, sites: dict[str, torch.Tensor], ops: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Expected MACs for probabilities ``sites[name]`` (over the site's choices, ascending), ``ops``
         (layers x operators) and ``widths`` (layers x layer widths); differentiable in all of them."""
+        t = self._tables(ops.device)
         p = {name: sites[name].to(torch.float64) for name in SAMPLING_SITES}
         ops, widths = ops.to(torch.float64), widths.to(torch.float64)
-        cost = self.stem @ p["stem"] + p["stem"] @ self.down1 @ p["down1"] + p["down1"] @ self.down2 @ p["trunk"]
-        q = p["trunk"] @ self.trunk_value  # the distribution of the trunk's width entering layer 0
+        cost = t["stem"] @ p["stem"] + p["stem"] @ t["down1"] @ p["down1"] + p["down1"] @ t["down2"] @ p["trunk"]
+        q = p["trunk"] @ t["trunk_value"]  # the distribution of the trunk's width entering layer 0
         for layer in range(self.factors.layers):
-            cost = cost + torch.einsum("v,o,k,vok->", q, ops[layer], widths[layer], self.cell)
+            cost = cost + torch.einsum("v,o,k,vok->", q, ops[layer], widths[layer], t["cell"])
             if self.conv is not None:
                 conv = ops[layer, self.conv]
-                q = conv * (widths[layer] @ self.width_value) + (1 - conv) * q
-        return cost + q @ self.up1 @ p["up1"] + p["up1"] @ self.up2 @ p["up2"] + self.head @ p["up2"]
+                q = conv * (widths[layer] @ t["width_value"]) + (1 - conv) * q
+        return cost + q @ t["up1"] @ p["up1"] + p["up1"] @ t["up2"] @ p["up2"] + t["head"] @ p["up2"]
+
+    def _tables(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The tables on ``device`` (copied once per device)."""
+        if device not in self._on:
+            self._on[device] = {name: getattr(self, name).to(device) for name in (
+                "stem", "down1", "down2", "cell", "up1", "up2", "head", "trunk_value", "width_value")}
+        return self._on[device]
