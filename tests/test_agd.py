@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.methods.agd import (Architecture, Choice, SearchNetwork, adapt_lambda, one_hot, split_by_image,
-                             straight_through)
+from nas.methods.agd import (LAMBDA_RANGE, Architecture, Choice, SearchNetwork, adapt_lambda, one_hot,
+                             split_by_image, straight_through)
 from spaces.relaxed import SAMPLING_SITES, AgdFactors, RelaxedMacs
 from spaces.space import load_space
 from spaces.supernet import Supernet
@@ -100,6 +100,14 @@ def test_lambda_doubles_over_the_target_halves_under_the_band_and_holds_inside()
     assert adapt_lambda(0.5, 0.89e9, 1e9, 0.1) == 0.25
     assert adapt_lambda(0.5, 0.95e9, 1e9, 0.1) == 0.5
     assert adapt_lambda(0.5, 1e9, 1e9, 0.1) == 0.5  # at the target is not over it
+    low, high = LAMBDA_RANGE
+    assert adapt_lambda(low, 0.5e9, 1e9, 0.1) == low and adapt_lambda(high, 2e9, 1e9, 0.1) == high
+    value = 1e-3
+    for _ in range(200):  # a long run under the band, then over the target: it turns within ~30 steps
+        value = adapt_lambda(value, 0.5e9, 1e9, 0.1)
+    for _ in range(30):
+        value = adapt_lambda(value, 2e9, 1e9, 0.1)
+    assert value >= 1.0
 
 
 @pytest.mark.parametrize("path", [TINY_AGD, ROOT / "spaces/sr4x/agd.yaml"], ids=["tiny-instance-norm", "sr4x"])

@@ -14,7 +14,7 @@ then a weight step on the other (first-order). The loss is L1 to the teacher's o
 losses, whose weights cannot be downloaded here) plus ``lambda * relaxed MACs / target``, the relaxed
 MACs being the exact expectation of the analytic MACs under the choice probabilities
 (``spaces.relaxed``). lambda doubles after an architecture step whose argmax network is over the
-target and halves when it is under (1 - d) * target. If the argmax network is still over at the end,
+target and halves when it is under (1 - d) * target, within ``LAMBDA_RANGE``. If the argmax network is still over at the end,
 widths are shrunk greedily (the move saving most MACs per unit of L1 lost on a fixed batch) until it
 fits, and the row says it was projected. The derived network is then trained with L1 to the teacher's
 output, starting from its supernet slice (``--reinit``: from scratch, as AGD did).
@@ -203,14 +203,20 @@ def _prefixes(channels: list[int], length: int) -> torch.Tensor:
     return (torch.arange(length).unsqueeze(0) < torch.tensor(channels).unsqueeze(1)).double()
 
 
+# lambda's range (on MACs / target): updated after every architecture step, an unbounded lambda halves
+# to nothing in a long run under the band (1e-26 after 150 steps, measured) and then needs as many
+# doublings to act when the argmax network grows over the target
+LAMBDA_RANGE = (1e-6, 1e3)
+
+
 def adapt_lambda(value: float, macs: float, target: float, band: float) -> float:
     """AGD's rule on a hard budget: double when the argmax network is over the target, halve when it is
-    under (1 - band) * target, keep it in between."""
+    under (1 - band) * target, keep it in between; within ``LAMBDA_RANGE``."""
     if macs > target:
-        return value * 2.0
-    if macs < (1.0 - band) * target:
-        return value / 2.0
-    return value
+        value *= 2.0
+    elif macs < (1.0 - band) * target:
+        value /= 2.0
+    return min(LAMBDA_RANGE[1], max(LAMBDA_RANGE[0], value))
 
 
 @dataclass(frozen=True)
