@@ -29,7 +29,7 @@ from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_v
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
 from nas.methods import Method, SearchContext, get_method, list_methods
-from nas.methods.base import resolve_space
+from nas.methods.base import absolute_paths, resolve_space
 from nas.results import ResultsTable
 from spaces.errors import UserError
 from spaces.space import CONVENTIONS
@@ -106,10 +106,11 @@ def prepare(options: SearchOptions) -> Method:
     method_class = get_method(options.method)
     resolve_space(options.space, options.task)  # an unknown name fails here, whatever the method
     method_options = options.method_options if options.method_options is not None else method_class.Options()
-    options.method_options = method_class.fill_defaults(method_options, options.task, options.space,
-                                                        shipped_manifest(options.task), DEFAULT_WEIGHTS)
+    # workers run in other folders, and on other nodes: paths travel absolute
+    options.method_options = absolute_paths(method_class.fill_defaults(
+        method_options, options.task, options.space, shipped_manifest(options.task), DEFAULT_WEIGHTS))
     options.teacher = str(Path(default_teacher(options.task, options.teacher)).resolve())
-    if Path(options.space).is_file():  # workers may run elsewhere: paths travel absolute
+    if Path(options.space).is_file():
         options.space = str(Path(options.space).resolve())
     method = method_class(SearchContext(method=options.method, task=options.task, teacher=options.teacher,
                                         space=options.space, budget=options.budget, seed=options.seed,
@@ -276,7 +277,10 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
         best["exported"] = {"quality": exported.score, **exported.as_dict()}
         if finetune_steps is not None:  # ofa: inherited weights (the trial) -> fine-tuned (best/)
             best["inherited"] = best["trial"]
-            best["finetuned"] = {"steps": finetune_steps, **best["exported"]}
+            report = json.loads(report_file.read_text())
+            # a fine-tune that lost val quality is reported, and best/ keeps the inherited weights
+            best["finetuned"] = {"steps": finetune_steps, **report.get("finetuned_val", best["exported"])}
+            best["kept"] = report.get("kept", "finetuned")
         best["quality"] = exported.score  # what best/ holds
     return {"best": best, "front": front.front_rows["config"].tolist(), "quality_metric": metric,
             "teacher_macs": teacher_macs, "teacher_val": teacher_ref.teacher.as_dict(),
@@ -323,7 +327,9 @@ def print_summary(options: SearchOptions, method: Method, table: ResultsTable, o
         inherited, tuned = best["inherited"], best["finetuned"]
         print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality inherited "
               f"{inherited['quality']:.3f} (share {format_share(inherited['share'])}) -> fine-tuned {tuned['steps']} "
-              f"steps {tuned['quality']:.3f} (share {format_share(tuned['share'])})")
+              f"steps {tuned['quality']:.3f} (share {format_share(tuned['share'])})"
+              + ("; the fine-tune lost quality, so best/ holds the inherited weights"
+                 if best.get("kept") == "inherited" else ""))
     elif best:
         print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality {best['quality']:.3f} "
               f"(share {format_share(best['exported']['share'])})")

@@ -221,7 +221,7 @@ def adapt_lambda(value: float, macs: float, target: float, band: float) -> float
 
 @dataclass(frozen=True)
 class AgdOptions:
-    supernet: str | None = field(default=None, metadata={
+    supernet: str | None = field(default=None, metadata={"path": True,
         "help": "agd supernet the search starts from (default: the shipped one for --space; 'none': fresh weights)"})
     search_steps: int = field(default=60, metadata={"help": "search steps (one architecture and one weight step each)"})
     finetune_steps: int = field(default=200, metadata={"help": "training steps of each derived student"})

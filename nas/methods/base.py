@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -376,6 +376,14 @@ class TargetMethod(Method):
 
         return export_trained(row, weights, out, task=self.context.task, method=self.name,
                               teacher=self.context.teacher, keys=self.export_keys)
+
+
+def absolute_paths(options: Any) -> Any:
+    """``options`` with every file option (a field whose metadata has ``path``) made absolute: trials run
+    in other folders, and on other nodes."""
+    changes = {f.name: str(Path(value).resolve()) for f in fields(options)
+               if f.metadata.get("path") and (value := getattr(options, f.name)) and value != "none"}
+    return replace(options, **changes)
 
 
 def with_shipped_supernet(options: Any, space: str, shipped: dict[str, Any] | None, weights_dir: Path) -> Any:

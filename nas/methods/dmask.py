@@ -90,7 +90,7 @@ def bound_at(step: int, steps: int, most: int = 150) -> tuple[float, int]:
 
 @dataclass(frozen=True)
 class DmaskOptions:
-    supernet: str | None = field(default=None, metadata={
+    supernet: str | None = field(default=None, metadata={"path": True,
         "help": "supernet whose widest network the masks start from (default: the shipped one for --space; "
                 "'none': the teacher's weights where it is the widest network, else fresh ones)"})
     search_steps: int = field(default=200, metadata={"help": "mask-search steps of each trial"})
@@ -104,7 +104,7 @@ class DmaskOptions:
     mask_updates: int = field(default=150, metadata={"help": "most bound updates (DMAD: 150)"})
     distill_weight: float = field(default=10.0, metadata={
         "help": "weight of the co-attention distillation (DMAD: 10 pix2pix, 100 CycleGAN)"})
-    discriminator: str | None = field(default=None, metadata={
+    discriminator: str | None = field(default=None, metadata={"path": True,
         "help": "the teacher's PatchGAN: its attention on the student's output joins the distillation target"})
     gan_weight: float = field(default=0.0, metadata={"help": "weight of the LSGAN loss in the fine-tune (0: none)"})
     ndf: int = field(default=32, metadata={"help": "width of a fresh discriminator (with --gan-weight)"})

@@ -73,7 +73,7 @@ class KdOptions:
     crop: int = field(default=64, metadata={"help": "training crop size (pixels)"})
     lr: float = field(default=4e-4, metadata={"help": "Adam learning rate (cosine decay to 0)"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between a trial's checkpoints"})
-    discriminator: str | None = field(default=None, metadata={
+    discriminator: str | None = field(default=None, metadata={"path": True,
         "help": "PatchGAN to start from when alpha < 1 (default: the teacher checkpoint's, else a fresh one)"})
     ndf: int = field(default=32, metadata={"help": "width of a fresh discriminator"})
 

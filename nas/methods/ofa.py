@@ -157,7 +157,7 @@ FINETUNE_STEPS = 300
 
 @dataclass(frozen=True)
 class OfaOptions:
-    supernet: str | None = field(default=None, metadata={
+    supernet: str | None = field(default=None, metadata={"path": True,
         "help": "supernet checkpoint (nas.train supernet; default: the shipped one for --space)"})
     finetune_steps: int = field(default=FINETUNE_STEPS, metadata={
         "help": "distillation steps for the exported best student (0: inherited weights as they are)"})
@@ -254,6 +254,17 @@ class OfaMethod(Method):
         from nas.export import export_subnet
 
         # A subnet's weights are the supernet's: the candidate's config is all it takes.
-        return export_subnet(self.options.supernet, self._space.decode(row["config"]), out,
-                             finetune_steps=self.options.finetune_steps, task=self.context.task, teacher=self.context.teacher,
-                             seed=self.context.seed, device=device, progress=progress)
+        def export(steps: int) -> dict[str, Any]:
+            return export_subnet(self.options.supernet, self._space.decode(row["config"]), out, finetune_steps=steps,
+                                 task=self.context.task, teacher=self.context.teacher, seed=self.context.seed,
+                                 device=device, progress=progress)
+
+        report = export(self.options.finetune_steps)
+        if self.options.finetune_steps and hasattr(self, "reference"):
+            from nas.checkpoint import load_generator
+
+            tuned = self.judge(load_generator(out / "model.pth").module)
+            if tuned.score < float(row["quality"]):  # the fine-tune lost val quality: keep the inherited weights
+                report = {**export(0), "finetune_steps": self.options.finetune_steps, "kept": "inherited",
+                          "finetuned_val": {"quality": tuned.score, "share": tuned.share}}
+        return report

@@ -121,7 +121,7 @@ def prune_config(space: SearchSpace, groups: dict[str, ChannelGroup], scores: di
 
 @dataclass(frozen=True)
 class PruneOptions:
-    source: str | None = field(default=None, metadata={
+    source: str | None = field(default=None, metadata={"path": True,
         "help": "network to prune: a generator of the space's max config (default: the shipped sr4x inception "
                 "teacher)"})
     steps: int = field(default=300, metadata={"help": "fine-tune steps of each pruned student"})
@@ -138,7 +138,7 @@ class PruneOptions:
     reinit: bool = field(default=False, metadata={
         "help": "train the pruned architecture from fresh weights (CAT as released) instead of the kept ones"})
     gan_weight: float = field(default=0.0, metadata={"help": "weight of the LSGAN loss (0: none)"})
-    discriminator: str | None = field(default=None, metadata={
+    discriminator: str | None = field(default=None, metadata={"path": True,
         "help": "PatchGAN to start from when --gan-weight > 0 (default: a fresh one)"})
     ndf: int = field(default=32, metadata={"help": "width of a fresh discriminator"})
     checkpoint_every: int = field(default=100, metadata={"help": "steps between a trial's checkpoints"})
