@@ -159,7 +159,8 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     """Run (or continue) a search; returns the run folder."""
     from nas.tune_driver import TrialRecords, tune_trials
 
-    out = Path(options.out or f"runs/{Path(options.space).stem}-{options.budget}").resolve()
+    # the method in the default name: two methods on one space and budget do not collide
+    out = Path(options.out or f"runs/{options.method}-{Path(options.space).stem}-{format_macs(options.budget)}").resolve()
     check_out(out, resume)
     run_file = out / "run.json"
     info: dict[str, Any] = json.loads(run_file.read_text()) if resume else {
@@ -352,7 +353,7 @@ def build_parser(method: str = "ofa") -> Parser:
     p.add_argument("--trials", type=int, help="trials to run in all (default: the method's, 40 for ofa; with "
                    "--resume: as stored)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="run folder (default runs/<space>-<budget>)")
+    p.add_argument("--out", help="run folder (default runs/<method>-<space>-<budget>, e.g. runs/ofa-agd-500M)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument("--sampler", default="nsga2", help="nsga2 | tpe | random")
     p.add_argument("--macs-convention", default="torchprofile", help="torchprofile (default) | fvcore")

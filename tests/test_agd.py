@@ -17,7 +17,7 @@ from nas.methods.agd import (LAMBDA_RANGE, Architecture, Choice, SearchNetwork, 
 from spaces.relaxed import SAMPLING_SITES, AgdFactors, RelaxedMacs
 from spaces.space import load_space
 from spaces.supernet import Supernet
-from student_check import applies_to_a_photo
+from student_check import applies_to_a_photo, run_trial, tiny_method
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_AGD = ROOT / "tests/spaces/tiny_agd.yaml"
@@ -159,18 +159,10 @@ def tiny_agd_supernet(tiny_models, tmp_path_factory):
 
 
 def agd_method(models, budget: float, **options):
-    from nas.methods.agd import AgdMethod, AgdOptions
-    from nas.methods.base import SearchContext
-
     teacher, supernet = models
     defaults = dict(supernet=str(supernet), search_steps=8, finetune_steps=4, checkpoint_every=4, batch_size=2,
                     crop=32)
-    context = SearchContext(method="agd", task="sr4x", teacher=str(teacher), space=str(TINY_AGD),
-                            budget=int(budget), latency_resolution=32, latency_repeats=1,
-                            options=AgdOptions(**{**defaults, **options}))
-    method = AgdMethod(context)
-    method.load()
-    return method
+    return tiny_method("agd", teacher, TINY_AGD, budget, {**defaults, **options})
 
 
 def test_the_cost_term_moves_the_search_to_cheaper_operators(tiny_agd_supernet):
@@ -220,15 +212,7 @@ def test_a_trial_stopped_in_either_phase_resumes_to_the_same_student(tmp_path, t
     method = agd_method(tiny_agd_supernet, target)
 
     def run(folder=None, until=None):
-        trial = method.start({"target": target})
-        if folder is not None and any(folder.iterdir()):
-            trial.restore(folder)
-        while True:
-            out = trial.step()
-            if folder is not None:
-                trial.save(folder)
-            if isinstance(out, Candidate) or (until is not None and trial.steps_done >= until):
-                return trial, out
+        return run_trial(method, target, folder, until)
 
     straight, done = run()
     assert isinstance(done, Candidate) and done.cost.torchprofile <= target

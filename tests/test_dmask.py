@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nas.methods.dmask import bound_at, mask_penalty, mask_updates, soft_mask
-from student_check import applies_to_a_photo
+from student_check import applies_to_a_photo, run_trial, tiny_method
 
 
 def test_mask_values_across_the_band():
@@ -101,33 +101,10 @@ def test_a_dmask_search_writes_feasible_rows_and_a_student_that_applies(tmp_path
 
 
 def dmask_method(tiny_models, budget: float, **options):
-    from nas.methods.base import SearchContext
-    from nas.methods.dmask import DmaskMethod, DmaskOptions
-
     teacher, supernet = tiny_models
     defaults = dict(supernet=str(supernet), search_steps=12, finetune_steps=8, checkpoint_every=4, batch_size=2,
                     crop=32, mask_lr=0.05)
-    context = SearchContext(method="dmask", task="sr4x", teacher=str(teacher), space="tests/spaces/tiny_inception.yaml",
-                            budget=int(budget), latency_resolution=32, latency_repeats=1,
-                            options=DmaskOptions(**{**defaults, **options}))
-    method = DmaskMethod(context)
-    method.load()
-    return method
-
-
-def run_trial(method, target, folder=None, until=None):
-    """Step a trial (restored from ``folder`` when it holds one) until it ends or passes step ``until``."""
-    from nas.methods.base import Candidate, Failed
-
-    trial = method.start({"target": target})
-    if folder is not None and any(folder.iterdir()):
-        trial.restore(folder)
-    while True:
-        out = trial.step()
-        if folder is not None:
-            trial.save(folder)
-        if isinstance(out, (Candidate, Failed)) or (until is not None and trial.steps_done >= until):
-            return trial, out
+    return tiny_method("dmask", teacher, "tests/spaces/tiny_inception.yaml", budget, {**defaults, **options})
 
 
 def test_a_dmask_trial_that_never_reaches_its_target_fails_saying_what_it_reached(tiny_models):

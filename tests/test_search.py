@@ -269,3 +269,30 @@ def test_a_tight_budget_finishes_by_repairing_samples(tmp_path, tiny_models):
 
     assert info["repaired"] > 0 and MAX_REJECTIONS * info["repaired"] <= info["rejected"] <= MAX_REJECTIONS * 8
     assert "repaired to fit it" in done.stdout
+
+
+@pytest.mark.parametrize("inherited_quality, kept", [(float("inf"), "inherited"), (float("-inf"), None)])
+def test_an_ofa_export_keeps_the_inherited_weights_when_the_fine_tune_loses_quality(tmp_path, tiny_models,
+                                                                                     inherited_quality, kept):
+    """The fine-tuned subnet is judged on val against the row's inherited quality: worse, and best/ holds
+    the supernet's own slice (report ``kept``: inherited); better, and it holds the fine-tuned weights."""
+    from nas.checkpoint import load_generator, load_supernet
+    from nas.methods.base import SearchContext
+    from nas.methods.ofa import OfaMethod
+
+    teacher, supernet_path = tiny_models
+    method = OfaMethod(SearchContext(method="ofa", task="sr4x", teacher=str(teacher),
+                                     space="tests/spaces/tiny_inception.yaml", budget=int(3e6),
+                                     options=OfaOptions(str(supernet_path), finetune_steps=2)))
+    method.load()
+    supernet, _ = load_supernet(supernet_path)
+    config = supernet.space.max_config()
+    row = {"config": supernet.space.encode(config), "quality": inherited_quality}
+    report = method.export(row, None, tmp_path / "best")
+    assert report.get("kept") == kept and report["finetune_steps"] == 2
+    exported = load_generator(tmp_path / "best" / "model.pth").module.state_dict()
+    inherited = supernet.extract(config).state_dict()
+    same = all(bool((v == inherited[k]).all()) for k, v in exported.items())
+    assert same is (kept == "inherited")
+    if kept:
+        assert set(report["finetuned_val"]) == {"quality", "share"}
