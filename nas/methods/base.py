@@ -334,7 +334,7 @@ class Method(ABC):
 
 
 class TargetMethod(Method):
-    """A method that trains one student per trial to a MACs target (kd, prune, dmask): the target is
+    """A method that trains one student per trial to a MACs target (kd, prune, dmask, agd): the target is
     sampled log-uniformly in ``target_range``, the first trial's is the budget (so ``--trials 1``, and
     ``nas.train student``, give one student at the budget), and the student is exported as trained."""
 
