@@ -4,7 +4,12 @@ The image is reflect-padded to the generator's multiple (its total down-sampling
 it fits ``tile``, and otherwise cut into tiles whose origins lie on that multiple, each read with a
 halo of at least the receptive field, so that every kept output pixel sees exactly what it sees in
 a whole run (equal within float rounding). Networks with instance (or group/layer) norm layers are
-not tile-invariant, since their statistics span the whole input: they always run whole.
+not tile-invariant, since their statistics span the whole input: they always run whole. So do
+generators that declare ``whole_image`` and their ``multiple`` (a U-Net, whose receptive field is the
+whole image): the image is padded to that multiple and run whole.
+
+Padding is reflect padding, or edge replication where the pad is as large as the image's side
+(reflection cannot reach that far), e.g. a 100x100 photo padded to 256x256 for an 8-level U-Net.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def geometry(module: nn.Module, channels: int) -> Geometry:
     twice), so it can only over-estimate: ``(k - 1) * dilation / 2`` input pixels of each conv,
     times that input's pixel size in image pixels.
     """
+    declared = next((m for m in module.modules() if getattr(m, "whole_image", False)), None)
+    if declared is not None:
+        return Geometry(multiple=declared.multiple, halo=0, tileable=False)
     records: list[tuple[int, int]] = []  # (kernel extent, input height)
 
     def hook(layer, inputs, _output):

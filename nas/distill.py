@@ -1,5 +1,6 @@
-"""Intermediate-feature distillation (GAN Compression): student trunk features, mapped by learned
-1x1 convs, regress the teacher's features at the same relative depth."""
+"""Intermediate-feature distillation (GAN Compression): student features, mapped by learned 1x1 convs,
+regress the teacher's features at the same relative depth. Features are read at a generator's
+``taps()``: a ResNet-layout generator's trunk blocks, a U-Net's inner down levels."""
 
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ class FeatureCapture:
 
 
 class FeatureDistiller(nn.Module):
-    """1x1 mappers from student to teacher trunk features; their MSE is the distillation loss.
+    """1x1 mappers from student to teacher features; their MSE is the distillation loss.
 
     Mappers take any number of input channels up to the widest student (first-k slicing), so one
-    set of mappers serves every subnet of a supernet.
+    set of mappers serves every subnet of a supernet. Where a pair's resolutions differ (a U-Net
+    student of a ResNet teacher), the finer of the two is average-pooled to the coarser.
     """
 
-    def __init__(self, student_trunk: nn.Sequential, teacher_trunk: nn.Sequential, *, layers: int,
+    def __init__(self, student_trunk: list[nn.Module], teacher_trunk: list[nn.Module], *, layers: int,
                  student_width: int, teacher_widths: list[int]) -> None:
         super().__init__()
         self.student_positions = layer_positions(len(student_trunk), layers)
@@ -66,8 +68,10 @@ class FeatureDistiller(nn.Module):
         features of the norm-free sr4x teacher have a mean square near 0.03, an instance-norm
         teacher's near 2, and a plain MSE left the former with almost no distillation at all.
         """
-        terms = [F.mse_loss(mapper(s), t.detach()) / t.detach().pow(2).mean().clamp_min(1e-8)
-                 for mapper, s, t in zip(self.mappers, self._student.outputs, self._teacher.outputs)]
+        terms = []
+        for mapper, s, t in zip(self.mappers, self._student.outputs, self._teacher.outputs):
+            s, t = _same_size(mapper(s), t.detach())
+            terms.append(F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8))
         return torch.stack(terms).mean()
 
     def detach_hooks(self) -> None:
@@ -75,21 +79,30 @@ class FeatureDistiller(nn.Module):
         self._teacher.remove()
 
 
-def _trunk_widths(module: nn.Module, in_channels: int, device: torch.device) -> list[int]:
-    """Output channels of every trunk block, read off one tiny forward pass."""
-    capture = FeatureCapture(list(module.trunk))
+def _same_size(s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if s.shape[-2:] == t.shape[-2:]:
+        return s, t
+    size = min(s.shape[-2], t.shape[-2]), min(s.shape[-1], t.shape[-1])
+    return F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size)
+
+
+def _tap_widths(module: nn.Module, device: torch.device) -> list[int]:
+    """Output channels of every tap, read off one tiny forward pass."""
+    capture = FeatureCapture(module.taps())
+    side = max(32, module.multiple)
+    was_training = module.training
     with torch.no_grad():
-        module(torch.zeros(1, in_channels, 32, 32, device=device))
+        module.eval()(torch.zeros(1, module.in_channels, side, side, device=device))
+    module.train(was_training)
     capture.remove()
     return [o.shape[1] for o in capture.outputs]
 
 
 def make_distiller(student: nn.Module, teacher: nn.Module, *, layers: int, device: torch.device) -> FeatureDistiller:
-    """Feature distillation from ``teacher``'s trunk into ``student``'s (a supernet's or a subnet's)."""
-    channels = student.stem[1].in_channels
-    return FeatureDistiller(student.trunk, teacher.trunk, layers=layers,
-                            student_width=max(_trunk_widths(student, channels, device)),
-                            teacher_widths=_trunk_widths(teacher, channels, device)).to(device)
+    """Feature distillation from ``teacher``'s taps into ``student``'s (a supernet's or a subnet's)."""
+    return FeatureDistiller(student.taps(), teacher.taps(), layers=layers,
+                            student_width=max(_tap_widths(student, device)),
+                            teacher_widths=_tap_widths(teacher, device)).to(device)
 
 
 def distill_loss(out: torch.Tensor, target: torch.Tensor, distiller: FeatureDistiller, weight: float) -> torch.Tensor:

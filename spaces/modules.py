@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from spaces.plan import AgdLayerPlan, InceptionBlockPlan, Plan, ResnetBlockPlan
+from spaces.plan import AgdLayerPlan, AnyPlan, InceptionBlockPlan, Plan, ResnetBlockPlan, UnetPlan
 
 
 @dataclass
@@ -253,6 +254,16 @@ class Generator(nn.Module):
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)
 
+    multiple = 4  # two stride-2 convs: input sides must be multiples of 4
+
+    @property
+    def in_channels(self) -> int:
+        return self.stem[1].in_channels
+
+    def taps(self) -> list[nn.Module]:
+        """Where feature distillation reads this generator: the trunk blocks."""
+        return list(self.trunk)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.down2(self.down1(self.stem(x)))
 
@@ -261,8 +272,82 @@ class Generator(nn.Module):
         return x + y if self.global_residual else y
 
 
-def build_generator(plan: Plan) -> Generator:
+class UnetGenerator(nn.Module):
+    """pix2pix's UnetGenerator, unrolled: level i's 4x4 stride-2 conv (``down.i``) and transposed conv
+    (``up.i``), the up conv reading the level's skip and the level below's output concatenated.
+
+    As in pix2pix, the LeakyReLU that opens the next level's down path acts in place on the skip too,
+    so the skip carries the activated features; the outermost and innermost levels have no down norm;
+    the outermost up conv keeps its bias and ends in tanh (or, with ``global_residual``, starts at zero
+    and adds the input). Its receptive field is the whole image: it runs whole, never tiled.
+    """
+
+    whole_image = True  # the tiler runs it on the whole (padded) image
+
+    def __init__(self, plan: UnetPlan, kit: LayerKit = PLAIN) -> None:
+        super().__init__()
+        n, norm, bias = plan.levels, plan.norm, uses_bias(plan.norm)
+        self.multiple = 2 ** n
+        self.global_residual = plan.global_residual
+        self.down = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for i in range(n):
+            cin = plan.in_channels if i == 0 else plan.down[i - 1]
+            inner = 0 < i < n - 1
+            self.down.append(nn.Sequential(kit.conv(cin, plan.down[i], 4, stride=2, padding=1, bias=bias),
+                                           kit.norm(norm, plan.down[i]) if inner else nn.Identity()))
+            up: list[nn.Module] = [nn.ReLU(), kit.conv_transpose(sum(plan.up_inputs(i)), plan.up[i], 4, stride=2,
+                                                                  padding=1, bias=bias or i == 0)]
+            if i > 0:
+                up.append(kit.norm(norm, plan.up[i]))
+            else:
+                up.append(nn.Identity() if plan.global_residual else nn.Tanh())
+            if plan.has_dropout(i):
+                up.append(nn.Dropout(plan.dropout))
+            self.up.append(nn.Sequential(*up))
+        if plan.global_residual:  # start as the identity on the input, then refine it
+            nn.init.zeros_(self.up[0][1].weight)
+            nn.init.zeros_(self.up[0][1].bias)
+
+    @property
+    def in_channels(self) -> int:
+        return self.down[0][0].in_channels
+
+    def taps(self) -> list[nn.Module]:
+        """Where feature distillation reads this generator: the down levels between the outermost and
+        the innermost (their conv + norm outputs)."""
+        return list(self.down)[1:-1] or list(self.down)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips, h = [], x
+        for i, level in enumerate(self.down):
+            h = level(h)
+            if i < len(self.down) - 1:
+                h = F.leaky_relu(h, 0.2, inplace=True)  # in place as pix2pix (and uncounted by torchprofile)
+            skips.append(h)
+        y = self.up[-1](skips[-1])
+        for i in range(len(self.up) - 2, -1, -1):
+            y = self.up[i](torch.cat([skips[i], y], 1))
+        return x + y if self.global_residual else y
+
+    @staticmethod
+    def add_cost(plan: UnetPlan, cost: Cost, height: int, width: int) -> None:
+        n, norm, bias = plan.levels, plan.norm, uses_bias(plan.norm)
+        for i in range(n):
+            cin = plan.in_channels if i == 0 else plan.down[i - 1]
+            h, w = height >> (i + 1), width >> (i + 1)
+            cost.conv(cin, plan.down[i], 4, h, w, bias=bias)
+            if 0 < i < n - 1:
+                cost.norm(norm, plan.down[i], h, w)
+            cost.conv_transpose(sum(plan.up_inputs(i)), plan.up[i], 4, h, w, bias=bias or i == 0)
+            if i > 0:
+                cost.norm(norm, plan.up[i], 2 * h, 2 * w)
+
+
+def build_generator(plan: AnyPlan) -> Generator | UnetGenerator:
     """A plain generator (standard torch layers only) for a resolved config."""
+    if isinstance(plan, UnetPlan):
+        return UnetGenerator(plan)
     return Generator(plan)
 
 
@@ -296,8 +381,12 @@ def plan_terms(plan: Plan, height: int, width: int) -> dict[str, Cost]:
     return terms
 
 
-def plan_cost(plan: Plan, height: int, width: int) -> Cost:
+def plan_cost(plan: AnyPlan, height: int, width: int) -> Cost:
     """Exact MACs (both conventions) and params of ``build_generator(plan)`` on one HxW image."""
+    if isinstance(plan, UnetPlan):
+        cost = Cost()
+        UnetGenerator.add_cost(plan, cost, height, width)
+        return cost
     total = Cost()
     for term in plan_terms(plan, height, width).values():
         total.torchprofile += term.torchprofile

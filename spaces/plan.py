@@ -74,6 +74,38 @@ class Plan:
         return width
 
 
+@dataclass(frozen=True)
+class UnetPlan:
+    """pix2pix's U-Net: ``down[i]`` channels out of level i's 4x4 stride-2 conv (outermost first),
+    ``up[i]`` out of level i's transposed conv for the inner levels 1..n-1 (level 0's makes the image).
+    Level i's up conv reads ``down[i]`` and ``up[i + 1]`` concatenated (the innermost: ``down[n - 1]``)."""
+
+    in_channels: int
+    out_channels: int
+    norm: str
+    global_residual: bool
+    down: tuple[int, ...]
+    up: tuple[int, ...]  # up[0] is out_channels
+    dropout: float = 0.0
+
+    @property
+    def levels(self) -> int:
+        return len(self.down)
+
+    def up_inputs(self, level: int) -> tuple[int, ...]:
+        """Widths of the parts concatenated into level ``level``'s up conv, in order."""
+        if level == self.levels - 1:
+            return (self.down[level],)
+        return (self.down[level], self.up[level + 1])
+
+    def has_dropout(self, level: int) -> bool:
+        # As pix2pix: the levels between the ngf*8 one and the innermost (4 .. n-2) drop out.
+        return self.dropout > 0 and 4 <= level <= self.levels - 2
+
+
+AnyPlan = Union[Plan, UnetPlan]
+
+
 def agd_token(op: str, width: int) -> str:
     return "skip" if op == "skip" else f"{op}{width}"
 
@@ -92,8 +124,12 @@ def resnet_group_sizes(blocks: int, groups: int) -> list[int]:
     return [size] * (groups - 1) + [blocks - size * (groups - 1)]
 
 
-def make_plan(spec: SpaceSpec, config: dict[str, int | str]) -> Plan:
+def make_plan(spec: SpaceSpec, config: dict[str, int | str]) -> AnyPlan:
     """Resolve a validated config of ``spec`` into channel counts."""
+    if spec.family == "unet":
+        down = tuple(int(config[f"down{i}"]) * site.scale for i, site in enumerate(spec.down))
+        up = (spec.out_channels,) + tuple(int(config[f"up{i + 1}"]) * site.scale for i, site in enumerate(spec.up))
+        return UnetPlan(spec.in_channels, spec.out_channels, spec.norm, spec.global_residual, down, up, spec.dropout)
     w = {site: int(config[site]) * spec.widths[site].scale for site in ("stem", "down1", "trunk", "up1", "up2")}
     trunk = w["trunk"]
     blocks: list[BlockPlan] = []

@@ -16,7 +16,7 @@ import yaml
 
 from spaces.errors import SpaceError
 
-FAMILIES = ("resnet", "inception", "agd")
+FAMILIES = ("resnet", "inception", "agd", "unet")
 NORMS = ("instance", "batch", "none")  # "none": no norm layers, as in EDSR / ESRGAN
 RESNET_BLOCKS = ("plain", "mobile")
 AGD_OPERATORS = ("conv", "res", "sep", "skip")
@@ -50,23 +50,26 @@ _COMMON_PROPERTIES: dict[str, Any] = {
     "norm": {"enum": list(NORMS)},
     "resolution": {"type": "integer", "minimum": 16},
     "global_residual": {"type": "boolean"},
-    "widths": {
-        "type": "object",
-        "required": list(SAMPLING_SITES),
-        "additionalProperties": False,
-        "properties": {site: _width_site() for site in SAMPLING_SITES},
-    },
 }
-_COMMON_REQUIRED = ["family", "in_channels", "out_channels", "norm", "widths"]
+_COMMON_REQUIRED = ["family", "in_channels", "out_channels", "norm"]
+# The pix2pix/CycleGAN ResnetGenerator layout that the resnet, inception and agd families share.
+_WIDTHS = {
+    "type": "object",
+    "required": list(SAMPLING_SITES),
+    "additionalProperties": False,
+    "properties": {site: _width_site() for site in SAMPLING_SITES},
+}
 
 _FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
     "resnet": {
+        "widths": _WIDTHS,
         "block": {"enum": list(RESNET_BLOCKS)},
         "blocks": _POSITIVE_INT,
         "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
         "groups": {"type": "array", "minItems": 1, "items": _width_site()},
     },
     "inception": {
+        "widths": _WIDTHS,
         "blocks": _POSITIVE_INT,
         "kernel_sizes": {
             "type": "array", "minItems": 1, "uniqueItems": True, "items": _POSITIVE_INT,
@@ -77,6 +80,7 @@ _FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
         },
     },
     "agd": {
+        "widths": _WIDTHS,
         "layers": _POSITIVE_INT,
         "operators": {
             "type": "array", "minItems": 1, "uniqueItems": True,
@@ -87,11 +91,17 @@ _FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
             "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         },
     },
+    "unet": {
+        "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "down": {"type": "array", "minItems": 2, "items": _width_site()},
+        "up": {"type": "array", "minItems": 1, "items": _width_site()},
+    },
 }
 _FAMILY_REQUIRED = {
-    "resnet": ["block", "blocks", "groups"],
-    "inception": ["blocks", "kernel_sizes", "branch_widths"],
-    "agd": ["layers", "operators", "width_ratios"],
+    "resnet": ["widths", "block", "blocks", "groups"],
+    "inception": ["widths", "blocks", "kernel_sizes", "branch_widths"],
+    "agd": ["widths", "layers", "operators", "width_ratios"],
+    "unet": ["down", "up"],
 }
 
 
@@ -140,6 +150,14 @@ class SpaceSpec:
     layers: int = 0
     operators: tuple[str, ...] = ()
     width_ratios: tuple[float, ...] = ()
+    # unet: the output width of each level's down conv (outermost first), of each inner level's up conv
+    down: tuple[WidthSite, ...] = ()
+    up: tuple[WidthSite, ...] = ()
+
+    @property
+    def multiple(self) -> int:
+        """What the sides of an input must be multiples of: the generator's total down-sampling."""
+        return 2 ** len(self.down) if self.family == "unet" else 4
 
 
 class _Lines:
@@ -267,10 +285,12 @@ def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
         path, message, key = _describe(errors[0])
         _fail(file, lines, path, message, key)
 
-    widths = {site: _site(data["widths"][site]) for site in SAMPLING_SITES}
+    widths = {site: _site(data["widths"][site]) for site in SAMPLING_SITES} if "widths" in data else {}
     resolution = int(data.get("resolution", 256))
-    if resolution % 4:
-        _fail(file, lines, ("resolution",), f"{resolution} is not a multiple of 4 (two stride-2 downsamplings)")
+    multiple = 2 ** len(data["down"]) if family == "unet" else 4
+    if resolution % multiple:
+        _fail(file, lines, ("resolution",), f"{resolution} is not a multiple of {multiple} "
+              f"({multiple.bit_length() - 1} stride-2 downsamplings)")
     spec = dict(
         name=name, file=file, family=family,
         in_channels=int(data["in_channels"]), out_channels=int(data["out_channels"]),
@@ -293,7 +313,7 @@ def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
                 _fail(file, lines, ("kernel_sizes", i), f"kernel size {k} is even; use odd sizes (1, 3, 5, ...)")
         spec.update(blocks=int(data["blocks"]), kernel_sizes=tuple(int(k) for k in data["kernel_sizes"]),
                     branch_widths=tuple(sorted(int(w) for w in data["branch_widths"])))
-    else:
+    elif family == "agd":
         largest = max(widths["trunk"].choices) * widths["trunk"].scale
         hidden = [max(1, int(round(r * largest))) for r in data["width_ratios"]]
         if len(set(hidden)) != len(hidden):
@@ -301,6 +321,12 @@ def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
                   f"of the largest trunk width {largest}; use ratios that differ by more")
         spec.update(layers=int(data["layers"]), operators=tuple(data["operators"]),
                     width_ratios=tuple(sorted(float(r) for r in data["width_ratios"])))
+    elif family == "unet":
+        if len(data["up"]) != len(data["down"]) - 1:
+            _fail(file, lines, ("up",), f"{len(data['up'])} up levels for {len(data['down'])} down levels; give one "
+                  "fewer up level than down levels (the outermost up conv makes the output image)")
+        spec.update(down=tuple(_site(d) for d in data["down"]), up=tuple(_site(u) for u in data["up"]),
+                    dropout=float(data.get("dropout", 0.0)))
     return SpaceSpec(**spec)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from spaces.errors import UserError
 from spaces.modules import Cost, build_generator, plan_cost
-from spaces.plan import Plan, agd_token, make_plan
+from spaces.plan import AnyPlan, agd_token, make_plan
 from spaces.schema import SpaceSpec, load_space_file, parse_space
 
 Choice = Union[int, str]
@@ -34,6 +34,9 @@ def _sites(spec: SpaceSpec) -> list[Site]:
     def width(name: str) -> Site:
         return Site(name, spec.widths[name].choices)
 
+    if spec.family == "unet":  # in the order data flows: down the levels, then back up
+        return ([Site(f"down{i}", site.choices) for i, site in enumerate(spec.down)]
+                + [Site(f"up{i + 1}", site.choices) for i, site in reversed(list(enumerate(spec.up)))])
     middle: list[Site] = []
     if spec.family == "resnet":
         middle = [Site(f"group{g + 1}", site.choices) for g, site in enumerate(spec.groups)]
@@ -154,12 +157,17 @@ class SearchSpace:
             out[site.name] = config[site.name]
         return out
 
-    def plan(self, config: Config) -> Plan:
+    @property
+    def multiple(self) -> int:
+        """What the sides of an input must be multiples of (2 ** num_downs for a U-Net, else 4)."""
+        return self.spec.multiple
+
+    def plan(self, config: Config) -> AnyPlan:
         return make_plan(self.spec, self.validate(config))
 
     def cost(self, config: Config, resolution: int | tuple[int, int] | None = None) -> Cost:
         """MACs in both conventions and params of a config, without building a module."""
-        h, w = _hw(resolution or self.resolution)
+        h, w = _hw(resolution or self.resolution, self.multiple)
         return plan_cost(self.plan(config), h, w)
 
     def macs(self, config: Config, *, convention: str = "torchprofile",
@@ -176,10 +184,11 @@ class SearchSpace:
         return build_generator(self.plan(config))
 
 
-def _hw(resolution: int | tuple[int, int]) -> tuple[int, int]:
+def _hw(resolution: int | tuple[int, int], multiple: int = 4) -> tuple[int, int]:
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
-    if h < 16 or w < 16 or h % 4 or w % 4:
-        raise UserError(f"resolution {h}x{w} is not allowed; use multiples of 4, at least 16")
+    least = max(16, multiple)
+    if h < least or w < least or h % multiple or w % multiple:
+        raise UserError(f"resolution {h}x{w} is not allowed; use multiples of {multiple}, at least {least}")
     return h, w
 
 
@@ -188,7 +197,7 @@ def builtin_spaces() -> list[str]:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name (``resnet``, ``inception``, ``agd``) or a space YAML file by path."""
+    """A built-in space by name (``resnet``, ``inception``, ``agd``, ``unet``) or a space YAML file by path."""
     text = str(name_or_path)
     if text in builtin_spaces():
         return SearchSpace(load_space_file(BUILTIN_DIR / f"{text}.yaml"))

@@ -19,10 +19,11 @@ from spaces.modules import (
     InceptionBlock,
     LayerKit,
     ResnetBlock,
+    UnetGenerator,
     agd_cell,
     build_generator,
 )
-from spaces.plan import AgdLayerPlan, InceptionBlockPlan, Plan, ResnetBlockPlan, make_plan, parse_agd_token
+from spaces.plan import AgdLayerPlan, AnyPlan, InceptionBlockPlan, ResnetBlockPlan, UnetPlan, make_plan, parse_agd_token
 from spaces.space import Config, SearchSpace
 
 
@@ -43,11 +44,21 @@ class ElasticConv2d(nn.Conv2d):
 
 
 class ElasticConvTranspose2d(nn.ConvTranspose2d):
+    """Output width ``active_out``; the input is the first channels, or, where it is a concatenation
+    (a U-Net's skip and the level below), ``in_parts``: (offset, count) of each part in the widest input."""
+
     active_out: int | None = None
+    in_parts: tuple[tuple[int, int], ...] | None = None
+
+    def input_index(self) -> torch.Tensor | None:
+        if self.in_parts is None:
+            return None
+        return torch.cat([torch.arange(start, start + count) for start, count in self.in_parts])
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         cout = self.active_out or self.out_channels
-        weight = self.weight[: x.shape[1], :cout]
+        index = self.input_index()
+        weight = self.weight[: x.shape[1], :cout] if index is None else self.weight[index.to(x.device), :cout]
         bias = self.bias[:cout] if self.bias is not None else None
         return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding, 1, self.dilation)
 
@@ -99,7 +110,7 @@ class MixedCell(nn.Module):
         return self.ops[self.active](x)
 
 
-def widest_plan(space: SearchSpace) -> Plan:
+def widest_plan(space: SearchSpace) -> AnyPlan:
     """The plan whose every width is the largest choice (agd cells are replaced by MixedCells)."""
     config: Config = {}
     for site in space.sites:
@@ -116,6 +127,11 @@ class Supernet(nn.Module):
         self.space = space
         plan = widest_plan(space)
         self.widest = plan
+        self.active_config: Config = {}
+        if isinstance(plan, UnetPlan):
+            self.net: nn.Module = UnetGenerator(plan, ELASTIC)
+            self.set_active(space.max_config())
+            return
         trunk: list[nn.Module] = []
         for block in plan.blocks:
             if isinstance(block, ResnetBlockPlan):
@@ -129,7 +145,6 @@ class Supernet(nn.Module):
         if space.family == "agd":
             plan = replace(plan, blocks=tuple(AgdLayerPlan("skip", plan.trunk, 0) for _ in trunk))
         self.net = Generator(plan, ELASTIC, trunk)
-        self.active_config: Config = {}
         self.set_active(space.max_config())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,6 +159,17 @@ class Supernet(nn.Module):
             if plain_name == path or plain_name.startswith(path + "."):
                 return f"{path}.ops.{op}{plain_name[len(path):]}"
         return plain_name
+
+    def _in_parts(self, config: Config) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The concatenated inputs of a U-Net's up convs: (offset in the widest input, active count) per part."""
+        if not isinstance(self.widest, UnetPlan):
+            return {}
+        plan, widest = self.space.plan(config), self.widest
+        parts = {}
+        for level in range(plan.levels - 1):
+            offsets = (0, widest.up_inputs(level)[0])
+            parts[f"up.{level}.1"] = tuple(zip(offsets, plan.up_inputs(level)))
+        return parts
 
     def _active_ops(self, config: Config) -> dict[str, str]:
         return {path: parse_agd_token(str(config[f"layer{int(path.split('.')[1])}"]))[0]
@@ -165,6 +191,8 @@ class Supernet(nn.Module):
             elif isinstance(module, InceptionBlock):
                 block = self.net.get_submodule(name)
                 block.active = {f"res.{k}" for k in module.res} | {f"dw.{k}" for k in module.dw}
+        for name, parts in self._in_parts(config).items():
+            self.net.get_submodule(name).in_parts = parts
         self.active_config = config
 
     def extract(self, config: Config | None = None) -> Generator:
@@ -173,9 +201,14 @@ class Supernet(nn.Module):
         ops = self._active_ops(config)
         sub = build_generator(self.space.plan(config)).to(next(self.parameters()).device)
         source = self.net.state_dict()
+        parts = self._in_parts(config)
         state = {}
         for name, tensor in sub.state_dict().items():
             weights = source[self._supernet_name(name, ops)]
+            module = name.rsplit(".", 1)[0]
+            if module in parts and name.endswith("weight"):  # a concatenated input: pick each part's channels
+                index = torch.cat([torch.arange(start, start + count) for start, count in parts[module]])
+                weights = weights[index.to(weights.device)]
             state[name] = weights[tuple(slice(0, n) for n in tensor.shape)].clone()
         sub.load_state_dict(state)
         return sub.train(self.training)

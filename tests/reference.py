@@ -110,3 +110,54 @@ def randomize_norms(module: nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """pix2pix's nested U-Net block: down path, the inner block, up path, and the skip concatenation.
+    The in-place LeakyReLU that opens the down path also activates the skip, as in the original."""
+
+    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
+                 norm="batch", use_dropout=False):
+        super().__init__()
+        self.outermost = outermost
+        nl = norm_layer(norm)
+        use_bias = norm == "instance"
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+        downrelu, downnorm = nn.LeakyReLU(0.2, True), nl(inner_nc)
+        uprelu, upnorm = nn.ReLU(True), nl(outer_nc)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            model = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, uprelu, upconv, upnorm]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, downnorm, submodule, uprelu, upconv, upnorm]
+            if use_dropout:
+                model.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*model)
+
+    def forward(self, x):
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """pix2pix's UnetGenerator (unet_256: num_downs 8; unet_128: 7)."""
+
+    def __init__(self, input_nc=3, output_nc=3, num_downs=8, ngf=64, norm="batch", use_dropout=False):
+        super().__init__()
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm=norm)
+        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
+                                             norm=norm)
+
+    def forward(self, x):
+        return self.model(x)

@@ -16,16 +16,20 @@ PLAIN_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.BatchNorm2d,
 
 
 def small_space(name: str, root, norm: str = "instance") -> SearchSpace:
-    text = (root / "spaces" / f"{name}.yaml").read_text().replace("norm: instance", f"norm: {norm}")
+    folder = root / "tests" / "spaces" if name == "tiny_unet" else root / "spaces"
+    text = (folder / f"{name}.yaml").read_text().replace("norm: instance", f"norm: {norm}")
     return SearchSpace(parse_space(text, file=f"{name}.yaml", name=name))
 
 
-@pytest.mark.parametrize("name", ["resnet", "inception", "agd"])
+@pytest.mark.parametrize("name", ["resnet", "inception", "agd", "tiny_unet"])
 @pytest.mark.parametrize("norm", ["instance", "batch", "none"])
 def test_extract_equals_supernet(name, norm, root):
     torch.manual_seed(0)
     space = small_space(name, root, norm)
     supernet = Supernet(space)
+    for p in supernet.parameters():  # a global residual's head starts at zero: give it weights
+        if not p.any():
+            nn.init.normal_(p, std=0.1)
     for m in supernet.modules():  # non-trivial batch-norm statistics, so slicing mistakes show
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
@@ -44,7 +48,7 @@ def test_extract_equals_supernet(name, norm, root):
         outputs.add(round(got.sum().item(), 3))
         assert sum(p.numel() for p in sub.parameters()) == space.params(config)
         assert all(type(m).__module__.startswith("torch.nn") or type(m).__name__ in
-                   ("Generator", "ResnetBlock", "InceptionBlock", "ConvCell", "Residual") for m in sub.modules())
+                   ("Generator", "ResnetBlock", "InceptionBlock", "ConvCell", "Residual", "UnetGenerator") for m in sub.modules())
     assert len(outputs) > 5  # different configs really compute different functions
 
 
@@ -77,3 +81,17 @@ def test_set_active_controls_the_forward(root):
     assert all(cell.active == "skip" for cell in supernet.net.trunk)
     assert supernet.net.up1[0].active_out == 32
     assert supernet(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_unet_supernet_selects_both_parts_of_a_concatenated_input(root):
+    # An up conv of a U-Net reads its level's skip and the level below concatenated: with the skip
+    # narrower than its widest, the second part's channels start later than first-k slicing assumes.
+    space = small_space("tiny_unet", root, "none")
+    supernet = Supernet(space).eval()
+    config = space.max_config()
+    config["down0"] = 4  # the skip of level 0 narrower: up.0's input is 4 skip + 8 up1 channels
+    supernet.set_active(config)
+    up0 = supernet.net.up[0][1]
+    assert up0.in_parts == ((0, 4), (8, 8))
+    sub = supernet.extract()
+    assert torch.equal(sub.up[0][1].weight, torch.cat([up0.weight[:4], up0.weight[8:16]]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nas.checkpoint import load_generator, safe_load, save_generator
-from reference import ResnetGenerator, randomize_norms
+from reference import ResnetGenerator, UnetGenerator, randomize_norms
 from spaces import UserError, load_space
 
 
@@ -63,10 +63,42 @@ def test_shape_mismatch_is_named(tmp_path):
         load_generator(saved(tmp_path, state))
 
 
+@pytest.mark.parametrize("num_downs", [8, 7])
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_imported_unet_teacher_equals_original(tmp_path, num_downs, norm, dropout, prefix):
+    torch.manual_seed(num_downs)
+    original = UnetGenerator(num_downs=num_downs, ngf=4, norm=norm, use_dropout=dropout).eval()
+    randomize_norms(original)
+    keys = list(original.state_dict())
+    assert "model.model.0.weight" in keys and "model.model.1.model.1.weight" in keys
+    path = saved(tmp_path, {prefix + k: v for k, v in original.state_dict().items()})
+    teacher = load_generator(path)
+    assert teacher.space.family == "unet" and len(teacher.space.spec.down) == num_downs
+    assert teacher.space.spec.norm == norm and teacher.space.params(teacher.config) == sum(
+        p.numel() for p in original.parameters())
+    side = 2 ** num_downs
+    x = torch.randn(2, 3, side, side + side // 2 * 2)  # not square: widths and heights kept apart
+    with torch.no_grad():
+        assert torch.equal(teacher.module(x), original(x))
+
+
+def test_unet_checkpoint_that_fits_neither_family_names_what_differs(tmp_path):
+    state = UnetGenerator(num_downs=7, ngf=4).state_dict()
+    state["model.model.1.model.5.weight"] = torch.zeros(16, 8, 4, 4)
+    expected = r"model\.model\.1\.model\.5\.weight has shape \[16, 8, 4, 4\] but a pix2pix unet_128 .* expects \[16, 4, 4, 4\]"
+    with pytest.raises(UserError, match=expected):
+        load_generator(saved(tmp_path, state))
+    del state["model.model.1.model.2.running_var"]
+    with pytest.raises(UserError, match=r"missing keys model\.model\.1\.model\.2\.running_var"):
+        load_generator(saved(tmp_path, state))
+
+
 def test_not_a_generator(tmp_path):
     with pytest.raises(UserError, match="not a generator checkpoint"):
         load_generator(saved(tmp_path, {"epoch": 3}))
-    with pytest.raises(UserError, match="not a pix2pix ResnetGenerator state dict"):
+    with pytest.raises(UserError, match="not a pix2pix ResnetGenerator or UnetGenerator state dict"):
         load_generator(saved(tmp_path, {"layer.weight": torch.zeros(2)}))
 
 
