@@ -126,7 +126,9 @@ def export_subnet(supernet_path: str | Path, config: str | Config, out: Path, *,
     supernet, record = load_supernet(supernet_path)
     space = supernet.space
     config = space.decode(config) if isinstance(config, str) else space.validate(config)
-    student = supernet.extract(config)
+    from nas.methods.ofa import supernet_calibration
+
+    student = supernet.extract(config, calibration=supernet_calibration(supernet, record, task, "cpu"))
     meta: dict[str, Any] = {"task": record.get("task"), "supernet": str(supernet_path), "finetune_steps": 0}
     if finetune_steps:
         task_spec = task or record["task"]

@@ -20,6 +20,7 @@ from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_
 from nas.cli import Parser, run
 from nas.data import Task, load_task
 from nas.files import atomic_write_text
+from nas.methods.ofa import supernet_calibration
 from spaces.errors import UserError
 from spaces.supernet import Supernet
 
@@ -54,13 +55,15 @@ def measure_teacher(teacher: LoadedGenerator, task: Task) -> dict[str, Any]:
             "teacher_gain_db": {s: r.teacher_gain for s, r in refs.items()}}
 
 
-def measure_supernet(supernet: Supernet, teacher: torch.nn.Module, task: Task) -> dict[str, Any]:
-    """A supernet's manifest fields: its largest and smallest subnets' val/test quality (inherited weights)."""
+def measure_supernet(supernet: Supernet, teacher: torch.nn.Module, task: Task,
+                     calibration: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """A supernet's manifest fields: its largest and smallest subnets' val/test quality (inherited weights,
+    batch norms recalibrated on ``calibration`` where there are any)."""
     refs = _references(teacher, task)
     space = supernet.space
     metrics = {}
     for label, config in (("max", space.max_config()), ("min", space.min_config())):
-        sub = supernet.extract(config)
+        sub = supernet.extract(config, calibration=calibration)
         metrics[label] = {"config": space.encode(config), "macs_torchprofile": space.macs(config),
                           **{s: evaluate_on(sub, r.eval_set, r).as_dict(per_image=True) for s, r in refs.items()}}
     return {"space": space.name, "protocol": PROTOCOL, "metrics": metrics}
@@ -100,8 +103,9 @@ def remeasure(manifest: Path) -> dict[str, Any]:
             if not teacher.is_file():
                 raise UserError(f"--remeasure: supernet entry {name!r} was distilled from {entry.get('teacher')!r}, "
                                 f"which is not beside {manifest}; publish that teacher there first")
-            supernet, _ = load_supernet(path)
-            entry.update(measure_supernet(supernet, load_generator(teacher).module, task))
+            supernet, record = load_supernet(path)
+            entry.update(measure_supernet(supernet, load_generator(teacher).module, task,
+                                          supernet_calibration(supernet, record, entry["task"], "cpu")))
         entry.update(split=task.notes.get("split", ""))
         print(f"remeasured {name}", flush=True)
     atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")
@@ -135,7 +139,8 @@ def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str,
         slim = {k: v for k, v in record.items() if k not in ("optimizers", "discriminator")}
         atomic_save(slim, out)
         entry.update(teacher=Path(record["teacher"]).name,
-                     **measure_supernet(supernet, load_generator(record["teacher"]).module, task))
+                     **measure_supernet(supernet, load_generator(record["teacher"]).module, task,
+                                        supernet_calibration(supernet, record, record["task"], "cpu")))
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
     entries[name] = entry
     atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")

@@ -60,6 +60,19 @@ class TrainSettings:
     RESUME_KEYS: ClassVar[tuple[str, ...]] = ("seed", "batch_size", "crop")
 
 
+# Training batches on which an extracted subnet's batch norms re-estimate their statistics (once-for-all
+# uses a few thousand images; 8 batches of 16 crops are 128 here).
+CALIBRATION_BATCHES = 8
+
+
+def calibration_batches(task: Task, *, crop: int, device: torch.device | str, batch_size: int = 16,
+                        seed: int = 0) -> list[torch.Tensor]:
+    """Fixed training inputs (the same for every subnet, so results are deterministic) for
+    ``Supernet.extract(..., calibration=...)``."""
+    return [task.batch(seed=seed, step=i, batch_size=batch_size, crop=crop)[0].to(device)
+            for i in range(CALIBRATION_BATCHES)]
+
+
 def autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on CUDA when asked (the convs dominate and tolerate it); nothing on the CPU."""
     if enabled and device.type == "cuda":

@@ -7,6 +7,7 @@ generator built by ``spaces.modules``, the same builder a fresh student comes fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -110,6 +111,29 @@ class MixedCell(nn.Module):
         return self.ops[self.active](x)
 
 
+def recalibrate_batch_norm(module: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Re-estimate every batch norm's running statistics of ``module`` on ``batches`` (as once-for-all
+    does for a subnet): reset, then a cumulative average over the batches, the rest of the module in
+    eval mode (dropout off), so the result depends on the batches alone."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training, momenta = module.training, [norm.momentum for norm in norms]
+    module.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average: every batch counts the same
+        norm.train()
+    with torch.no_grad():
+        for batch in batches:
+            module(batch)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    module.train(was_training)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def widest_plan(space: SearchSpace) -> AnyPlan:
     """The plan whose every width is the largest choice (agd cells are replaced by MixedCells)."""
     config: Config = {}
@@ -195,8 +219,11 @@ class Supernet(nn.Module):
             self.net.get_submodule(name).in_parts = parts
         self.active_config = config
 
-    def extract(self, config: Config | None = None) -> Generator:
-        """A plain generator for ``config`` (default: the active one) holding the supernet's weights."""
+    def extract(self, config: Config | None = None, *, calibration: Sequence[torch.Tensor] | None = None
+                ) -> nn.Module:
+        """A plain generator for ``config`` (default: the active one) holding the supernet's weights; with
+        ``calibration`` batches, its batch norms' running statistics are re-estimated on them (the
+        supernet's shared statistics belong to no subnet in particular)."""
         config = self.space.validate(config if config is not None else self.active_config)
         ops = self._active_ops(config)
         sub = build_generator(self.space.plan(config)).to(next(self.parameters()).device)
@@ -211,4 +238,6 @@ class Supernet(nn.Module):
                 weights = weights[index.to(weights.device)]
             state[name] = weights[tuple(slice(0, n) for n in tensor.shape)].clone()
         sub.load_state_dict(state)
+        if calibration is not None and has_batch_norm(sub):
+            recalibrate_batch_norm(sub, calibration)
         return sub.train(self.training)

@@ -95,3 +95,24 @@ def test_unet_supernet_selects_both_parts_of_a_concatenated_input(root):
     assert up0.in_parts == ((0, 4), (8, 8))
     sub = supernet.extract()
     assert torch.equal(sub.up[0][1].weight, torch.cat([up0.weight[:4], up0.weight[8:16]]))
+
+
+def test_batch_norm_recalibration_changes_the_statistics_deterministically(root):
+    torch.manual_seed(3)
+    space = small_space("tiny_unet", root, "batch")
+    supernet = Supernet(space).eval()
+    config = space.sample(random.Random(1))
+    batches = [torch.randn(4, 3, 32, 32) * 2 + 1 for _ in range(3)]
+    plain = supernet.extract(config)
+    first = supernet.extract(config, calibration=batches)
+    second = supernet.extract(config, calibration=batches)
+    means = {name: m.running_mean for name, m in first.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert means and all(not torch.equal(m, dict(plain.named_modules())[n].running_mean) for n, m in means.items())
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    # the statistics are those of the batches: the first level's norm sees the first conv's outputs
+    conv, norm = first.down[1][0], first.down[1][1]
+    with torch.no_grad():
+        feats = torch.cat([conv(torch.nn.functional.leaky_relu(first.down[0](x), 0.2)) for x in batches])
+    assert torch.allclose(norm.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    assert first.training is False and norm.momentum == 0.1

@@ -17,11 +17,11 @@ from nas.data import Task
 from nas.discriminator import discriminator_from
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
 from nas.methods.base import Candidate, Categorical, Method, Param, SearchContext, Trial, check_range
-from nas.training import Objective, TrainSettings, adam, optimize, with_gan
+from nas.training import Objective, TrainSettings, adam, calibration_batches, optimize, with_gan
 from spaces.errors import UserError
 from spaces.modules import Cost
 from spaces.space import Choice, Config, SearchSpace
-from spaces.supernet import Supernet
+from spaces.supernet import Supernet, has_batch_norm
 
 SANDWICH = ("max", "min", "random", "random")
 SANDWICH_PHASES = ("max", "min", "random")
@@ -94,6 +94,8 @@ class SupernetObjective(Objective):
             self.opt_d = adam(self.disc.parameters(), settings.lr, True)
         self.val = task.eval_set("val")
         self.val_reference = reference(self.teacher, self.val, device)
+        self.calibration = (calibration_batches(task, crop=settings.crop, device=device, seed=settings.seed)
+                            if has_batch_norm(self.supernet) else None)
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
@@ -118,8 +120,8 @@ class SupernetObjective(Objective):
         metrics = {}
         for name, config in (("max", self.space.max_config()), ("min", self.space.min_config())):
             self.supernet.set_active(config)
-            metrics[f"val_{name}"] = evaluate_on(self.supernet, self.val, self.val_reference,
-                                                 device=self.device).as_dict()
+            model = self.supernet if self.calibration is None else self.supernet.extract(calibration=self.calibration)
+            metrics[f"val_{name}"] = evaluate_on(model, self.val, self.val_reference, device=self.device).as_dict()
         return metrics
 
     def shown(self, metrics: dict[str, Any]) -> dict[str, str]:
@@ -166,6 +168,18 @@ class OfaOptions:
         check_range(self, "finetune_steps", 0, None)
 
 
+def supernet_calibration(supernet: Supernet, record: dict[str, Any], task: str | None,
+                         device: torch.device | str) -> list[torch.Tensor] | None:
+    """The batches an extracted subnet's batch norms are recalibrated on (crops of the supernet's
+    training size from ``task``, default the one it trained on); None for a supernet without batch norm."""
+    if not has_batch_norm(supernet):
+        return None
+    from nas.data import load_task
+
+    crop = int(record.get("args", {}).get("crop", max(64, supernet.space.multiple)))
+    return calibration_batches(load_task(task or record["task"]), crop=crop, device=device)
+
+
 class OfaTrial(Trial):
     """One subnet of the supernet, judged with inherited weights: a single cheap step."""
 
@@ -174,7 +188,7 @@ class OfaTrial(Trial):
 
     def step(self) -> Candidate:
         method = self.method
-        student = method.supernet.extract(self.config)
+        student = method.supernet.extract(self.config, calibration=method.calibration)
         quality = method.judge(student)
         return Candidate(config=method.space.encode(self.config), cost=method.space.cost(self.config),
                          quality=quality, latency_ms=method.latency(student))
@@ -197,6 +211,7 @@ class OfaMethod(Method):
         self._space = SearchSpace.from_text(record["space_yaml"], source=f"{path} (embedded space)",
                                             name=record["space_name"])
         self.supernet = None
+        self.calibration: list[torch.Tensor] | None = None
 
     @classmethod
     def fill_defaults(cls, options: OfaOptions, task: str, space: str, shipped: dict[str, Any] | None,
@@ -241,8 +256,9 @@ class OfaMethod(Method):
 
     def load(self) -> None:
         super().load()
-        self.supernet, _ = load_supernet(self.options.supernet)
+        self.supernet, record = load_supernet(self.options.supernet)
         self.supernet.to(self.context.device)
+        self.calibration = supernet_calibration(self.supernet, record, self.context.task, self.context.device)
 
     def start(self, params: dict[str, Any]) -> OfaTrial:
         if self.supernet is None:
