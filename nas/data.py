@@ -9,6 +9,7 @@ Unaligned or input-only data have no targets: the teacher's outputs stand in for
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,33 @@ class Split:
         return len(self.inputs)
 
 
+class ImageFiles(Sequence[torch.Tensor]):
+    """Images read from their files when asked for (the target domain of a CycleGAN layout can be thousands of
+    images that only FID needs, once)."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = list(files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index):  # noqa: ANN001 (int or slice, as a Sequence)
+        if isinstance(index, slice):
+            return ImageFiles(self.files[index])
+        return read_image(self.files[index])
+
+
+@dataclass(frozen=True, eq=False)
+class RealImages:
+    """Images of the target domain (what FID compares generated images with) and where they come from."""
+
+    images: Sequence[torch.Tensor]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 @dataclass
 class Task:
     name: str
@@ -63,6 +91,22 @@ class Task:
     test: Split
     scale: int = 1  # the input an application gets is this many times smaller (bicubic-upscaled first)
     notes: dict[str, str] = field(default_factory=dict)
+    # Unaligned data: the image files of the target domain (CycleGAN's trainB/, valB/, testB/), read on demand.
+    target_files: tuple[Path, ...] = ()
+
+    def real_images(self, split: str = "val") -> RealImages:
+        """The target domain that generated images of ``split`` are compared with by FID: the split's targets
+        where it has them (pix2pix: the B halves; sr4x: the photos), the B folders of an unaligned layout."""
+        data = self.split(split)
+        if data.targets is not None:
+            what = "B halves" if self.kind == "aligned" else "targets"
+            return RealImages(data.targets, f"the {what} of the {split} split of {self.name}")
+        if self.target_files:
+            folders = sorted({p.parent.name + "/" for p in self.target_files})
+            return RealImages(ImageFiles(self.target_files), f"{' '.join(folders)} of {self.name}")
+        raise UserError(f"FID needs images of the target domain, and task {self.name} has none: give aligned "
+                        "pairs (pix2pix: train/ val/ with A|B side by side) or a CycleGAN layout with trainB/ "
+                        "and testB/ beside trainA/ and testA/")
 
     @property
     def paired(self) -> bool:
@@ -245,7 +289,10 @@ def folder_task(root: Path) -> Task:
         else:
             val, test = _halves(*_read_folder(root / "testA", what="test inputs (CycleGAN layout)"))
             notes = {"split": "trainA/; testA/ sorted, first half val, second half test"}
-        return Task(str(root), "unaligned", train, val, test, notes=notes)
+        # The target domain, for FID: every B image, read when FID asks for them.
+        target_files = tuple(f for d in ("trainB", "valB", "testB") if (root / d).is_dir()
+                             for f in image_files(root / d))
+        return Task(str(root), "unaligned", train, val, test, notes=notes, target_files=target_files)
     files = image_files(root)
     if not files:
         raise UserError(f"{root} has no train/, trainA/ or images; expected a pix2pix (train/ val/ test/), "

@@ -29,14 +29,20 @@ ONNX_TOLERANCE = 1e-4
 CHECK_SHAPES = ((1, 64, 64), (2, 96, 128))
 
 
-def _check_inputs(channels: int) -> list[torch.Tensor]:
+def _check_inputs(channels: int, multiple: int = 4) -> list[torch.Tensor]:
+    """Inputs of two sizes and batch sizes, their sides rounded up to the generator's multiple (a U-Net's
+    2^num_downs) and kept unequal, so that the dynamic axes are exercised."""
     g = torch.Generator().manual_seed(0)
-    return [torch.rand(n, channels, h, w, generator=g) * 2 - 1 for n, h, w in CHECK_SHAPES]
+    shapes = []
+    for n, h, w in CHECK_SHAPES:
+        h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        shapes.append((n, h, w + multiple if n > 1 and w == h else w))
+    return [torch.rand(n, channels, h, w, generator=g) * 2 - 1 for n, h, w in shapes]
 
 
 def export_torchscript(module: nn.Module, path: Path, channels: int) -> float:
     """Trace to TorchScript; returns the largest output difference on the check inputs."""
-    inputs = _check_inputs(channels)
+    inputs = _check_inputs(channels, getattr(module, "multiple", 4))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, inputs[0])
@@ -49,7 +55,7 @@ def export_onnx(module: nn.Module, path: Path, channels: int) -> float:
     """Export to ONNX with dynamic batch and image size; checked with onnxruntime."""
     import onnxruntime
 
-    inputs = _check_inputs(channels)
+    inputs = _check_inputs(channels, getattr(module, "multiple", 4))
     dynamic = {"input": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 2: "height", 3: "width"}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

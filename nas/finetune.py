@@ -28,6 +28,7 @@ class FinetuneObjective(Objective):
                  distill_weight: float = DISTILL_WEIGHT, distill_layers: int = 3,
                  mappers: dict[str, torch.Tensor] | None = None) -> None:
         self.student = student.to(device).train()
+        self.multiple = getattr(student, "multiple", 4)
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         self.distill_weight, self.distill_layers = distill_weight, distill_layers
         self.distiller = make_distiller(self.student, self.teacher, layers=distill_layers, device=device)

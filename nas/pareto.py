@@ -1,5 +1,5 @@
-"""The Pareto front of a results table (quality up, MACs down), computed once into a small record;
-``render_html`` only draws that record with plotly."""
+"""The Pareto front of a results table (quality up, or down for FID; MACs down), computed once into a small
+record; ``render_html`` only draws that record with plotly."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class ParetoFront:
     budget: float | None = None
     teacher_macs: float | None = None
     teacher_quality: float | None = None
+    higher_is_better: bool = True  # the quality's direction (False for FID)
 
     @property
     def front_rows(self) -> pd.DataFrame:
@@ -29,19 +30,23 @@ class ParetoFront:
 
 
 def pareto_front(table: pd.DataFrame, *, macs_column: str = "macs_torchprofile", budget: float | None = None,
-                 teacher_macs: float | None = None, teacher_quality: float | None = None) -> ParetoFront:
-    """Non-dominated rows among those evaluated (status ok): no other row has quality >= and MACs <=
-    with one strictly better. Of exact ties (same quality and MACs) the first is kept."""
+                 teacher_macs: float | None = None, teacher_quality: float | None = None,
+                 higher_is_better: bool = True) -> ParetoFront:
+    """Non-dominated rows among those evaluated (status ok): no other row has quality at least as good
+    (>=, or <= where lower is better) and MACs <= with one strictly better. Of exact ties (same quality
+    and MACs) the first is kept."""
     ok = table[(table["status"] == "ok") & table["quality"].notna()].copy()
     ok["quality"] = ok["quality"].astype(float)
     ok[macs_column] = ok[macs_column].astype(float)
-    order = ok.sort_values([macs_column, "quality"], ascending=[True, False], kind="stable")
+    sign = 1.0 if higher_is_better else -1.0  # the front of -FID upwards is that of FID downwards
+    order = ok.assign(_goodness=sign * ok["quality"]).sort_values([macs_column, "_goodness"], ascending=[True, False],
+                                                                  kind="stable")
     front, best = [], float("-inf")
-    for index, row in order.iterrows():
-        if row["quality"] > best:
+    for index, goodness in order["_goodness"].items():
+        if goodness > best:
             front.append(index)
-            best = row["quality"]
-    return ParetoFront(ok, front, macs_column, budget, teacher_macs, teacher_quality)
+            best = goodness
+    return ParetoFront(ok, front, macs_column, budget, teacher_macs, teacher_quality, higher_is_better)
 
 
 def render_html(front: ParetoFront, path: str | Path, *, title: str, quality_label: str = "quality") -> None:
@@ -49,13 +54,17 @@ def render_html(front: ParetoFront, path: str | Path, *, title: str, quality_lab
     import plotly.graph_objects as go
 
     c, col = front.candidates, front.macs_column
-    hover = ("config %{customdata[0]}<br>MACs %{x:.4g}G<br>" + quality_label + " %{y:.3f}<br>"
-             "share of the teacher's gain %{customdata[3]}<br>params %{customdata[1]:,}<br>"
-             "latency %{customdata[2]:.1f} ms<extra></extra>")
+    # The share of the teacher's (PSNR) gain means nothing beside an FID; the FID's image counts take its place.
+    beside = "share of the teacher's gain %{customdata[3]}" if front.higher_is_better else "%{customdata[3]}"
+    hover = ("config %{customdata[0]}<br>MACs %{x:.4g}G<br>" + quality_label + " %{y:.3f}<br>" + beside + "<br>"
+             "params %{customdata[1]:,}<br>latency %{customdata[2]:.1f} ms<extra></extra>")
 
     def customdata(rows: pd.DataFrame):
-        shares = rows.get("share", pd.Series(None, index=rows.index, dtype=object)).map(format_share)
-        return rows[["config", "params", "latency_ms"]].fillna(0).assign(share=shares).values
+        if front.higher_is_better:
+            third = rows.get("share", pd.Series(None, index=rows.index, dtype=object)).map(format_share)
+        else:
+            third = pd.Series([_counts(r) for r in rows.to_dict("records")], index=rows.index, dtype=object)
+        return rows[["config", "params", "latency_ms"]].fillna(0).assign(third=third).values
 
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=c[col] / 1e9, y=c["quality"], mode="markers", name="candidates",
@@ -75,3 +84,11 @@ def render_html(front: ParetoFront, path: str | Path, *, title: str, quality_lab
     fig.update_layout(title=title, xaxis_title=f"MACs per image (G, {convention} convention)",
                       yaxis_title=quality_label, template="plotly_white")
     atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True))
+
+
+def _counts(row: dict) -> str:
+    """'N generated vs M real images' of a row's FID; empty where the row has none."""
+    images, real = row.get("fid_images"), row.get("fid_real_images")
+    if images is None or real is None or images != images or real != real:
+        return ""
+    return f"{int(images)} generated vs {int(real)} real images"

@@ -21,8 +21,9 @@ from nas.files import atomic_write
 
 COLUMNS = [
     "trial_id", "method", "space", "config", "macs_torchprofile", "macs_fvcore", "params",
-    "quality", "quality_metric", "share", "psnr", "ssim", "fidelity_psnr", "latency_ms", "feasible", "status",
-    "error", "node", "seconds", "cpu_seconds", "weights", "params_json", "finished_at", "details_json",
+    "quality", "quality_metric", "share", "psnr", "ssim", "fidelity_psnr", "fid", "kid", "fid_images",
+    "fid_real_images", "latency_ms", "feasible", "status", "error", "node", "seconds", "cpu_seconds", "weights",
+    "params_json", "finished_at", "details_json",
 ]
 TEXT_COLUMNS = ("trial_id", "method", "space", "config", "quality_metric", "status", "error", "node", "weights",
                 "params_json", "finished_at", "details_json")
@@ -114,7 +115,10 @@ def row_from_result(trial_id: str, method, result: dict[str, Any], *, params: di
         "macs_torchprofile": result["macs_torchprofile"], "macs_fvcore": result["macs_fvcore"],
         "params": result["params"], "quality": result["quality"], "quality_metric": result.get("quality_metric"),
         "share": result.get("share"), "psnr": result.get("psnr"), "ssim": result.get("ssim"),
-        "fidelity_psnr": result.get("fidelity_psnr"), "latency_ms": result.get("latency_ms"),
+        "fidelity_psnr": result.get("fidelity_psnr"), "fid": result.get("fid"), "kid": result.get("kid"),
+        # an FID is never recorded without the image counts it was computed on
+        "fid_images": result.get("fid_images"), "fid_real_images": result.get("fid_real_images"),
+        "latency_ms": result.get("latency_ms"),
         "feasible": macs <= budget, "status": "ok", "node": result.get("node_ip"),
         "seconds": round(result.get("time_total_s", 0.0), 3), "cpu_seconds": result.get("cpu_seconds"),
         "weights": weights, "params_json": json.dumps(params),

@@ -7,6 +7,10 @@ shipped teacher and supernets). It writes runs/NAME/: trials.csv (one row per ca
 pareto.html, run.json, optuna.db (open it with optuna-dashboard), trials/ (training trials'
 records and progress) and best/ (the best feasible student, exported). The same command with
 --address runs on a Ray cluster (with --storage where its nodes share no disk).
+
+--quality fid scores candidates by FID (lower is better) against the target domain's images, with the
+standard FID Inception (--fid-weights PATH, else the torch hub cache, fetched once); the real images'
+features are computed once and cached in the run folder (fid/).
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from evaluators.macs import format_macs
-from evaluators.quality import PROTOCOL, format_share
+from evaluators.fid import MIN_IMAGES, WEIGHTS_FILE, noise_note
+from evaluators.quality import PROTOCOL, format_share, higher_is_better
 from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
 from nas.methods import Method, SearchContext, get_method, list_methods
-from nas.methods.base import absolute_paths, resolve_space
+from nas.methods.base import QUALITIES, absolute_paths, resolve_space
 from nas.results import ResultsTable
 from spaces.errors import UserError
 from spaces.space import CONVENTIONS
@@ -57,6 +62,9 @@ class SearchOptions:
     latency_resolution: int = 256
     progress: bool = True
     method_options: Any = None  # the method's Options (its own flags); None: its defaults
+    quality: str = "psnr"  # psnr (higher is better) | fid (lower is better)
+    fid_weights: str | None = None
+    fid_min_images: int = MIN_IMAGES
 
 
 # ------------------------------------------------------------------------------ checks before Ray
@@ -103,6 +111,10 @@ def prepare(options: SearchOptions) -> Method:
         raise UserError(f"--trials must be at least 1, got {options.trials}")
     if options.sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
+    if options.quality not in QUALITIES:
+        raise UserError(f"--quality must be one of {', '.join(QUALITIES)}, got {options.quality!r}")
+    if options.quality == "fid":
+        check_fid(options)
     method_class = get_method(options.method)
     resolve_space(options.space, options.task)  # an unknown name fails here, whatever the method
     method_options = options.method_options if options.method_options is not None else method_class.Options()
@@ -116,7 +128,9 @@ def prepare(options: SearchOptions) -> Method:
                                         space=options.space, budget=options.budget, seed=options.seed,
                                         latency_resolution=options.latency_resolution,
                                         device="cuda" if options.gpus_per_trial > 0 else "cpu",
-                                        macs_convention=options.macs_convention, options=options.method_options))
+                                        macs_convention=options.macs_convention, options=options.method_options,
+                                        quality=options.quality, fid_weights=options.fid_weights,
+                                        fid_min_images=options.fid_min_images))
     space = method.space
     smallest = getattr(space.cost(space.min_config()), options.macs_convention)
     if options.budget < smallest:
@@ -124,6 +138,41 @@ def prepare(options: SearchOptions) -> Method:
                         f"({format_macs(smallest)} MACs, {options.macs_convention} convention, "
                         f"{space.resolution}x{space.resolution}); raise --budget")
     return method
+
+
+def check_fid(options: SearchOptions) -> None:
+    """What --quality fid needs, checked before anything runs: enough generated (val) and real (target
+    domain) images, and the Inception's weights (given, cached, or fetched now; one line offline)."""
+    from evaluators.fid import check_count, weights_file
+    from nas.data import load_task
+
+    if options.fid_min_images < 2:
+        raise UserError(f"--fid-min-images must be at least 2 (FID needs a covariance), got {options.fid_min_images}")
+    task = load_task(options.task)
+    check_count(len(task.val), options.fid_min_images,
+                f"generated images (one per input of the val split of {task.name})")
+    real = task.real_images("val")
+    check_count(len(real), options.fid_min_images, f"real images ({real.source})")
+    if options.fid_weights:
+        options.fid_weights = str(Path(options.fid_weights).resolve())  # workers run in other folders
+    weights_file(options.fid_weights)
+
+
+def attach_real_features(method: Method, options: SearchOptions, out: Path, device: str) -> dict[str, Any]:
+    """The real images' FID features, computed once per search (cached in out/fid/, keyed by the images'
+    hashes and the extractor) and handed to the workers with the method's context; returns what run.json
+    says of them."""
+    from evaluators.fid import inception, real_features
+    from nas.data import load_task
+
+    images = load_task(options.task).real_images("val")
+    extractor = inception(options.fid_weights, device)
+    print(f"FID: Inception features of {len(images)} real images ({images.source}) ...", flush=True)
+    real = real_features(extractor, images.images, source=images.source, cache_dir=out / "fid",
+                         min_images=options.fid_min_images)
+    method.context = replace(method.context, fid_real=real)
+    return {"real_images": real.images, "source": real.source, "extractor": real.extractor,
+            "weights": extractor.weights, "cache": str(out / "fid" / f"fid-real-{real.key[:16]}.pt")}
 
 
 # --------------------------------------------------------------------------------------- the run
@@ -175,7 +224,12 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     method = prepare(options)
     info.setdefault("versions", _versions())
     info["space"] = method.space.name
+    info["notes"] = method.notes()
+    for note in info["notes"]:
+        print(f"note: {note}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    if options.quality == "fid":
+        info["fid"] = attach_real_features(method, options, out, _driver_device(options))
     info["options"] = _run_info(options)  # what this run does (a resume may change --trials, --finetune-steps)
     table = ResultsTable(out / "trials.csv")
     records = TrialRecords(out / "trials")
@@ -216,7 +270,21 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     return out
 
 
-QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)"}
+QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)",
+                  "fid": "val FID (lower is better)"}
+
+
+def quality_label(metric: str, fid: dict[str, Any] | None = None) -> str:
+    """The quality axis' name; an FID's says on how many images it is."""
+    label = QUALITY_LABELS[metric]
+    if metric == "fid" and fid:
+        label = f"val FID, {fid['images']} generated vs {fid['real_images']} real images (lower is better)"
+    return label
+
+
+def _driver_device(options: SearchOptions) -> str:
+    # The driver (a cluster's head node) may have no GPU even when trials use them.
+    return "cuda" if options.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
 
 
 def _weights(row: dict[str, Any], out: Path) -> Path | None:
@@ -240,25 +308,27 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
-    # The driver (a cluster's head node) may have no GPU even when trials use them.
-    device = "cuda" if options.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
+    device = _driver_device(options)
     teacher = load_generator(options.teacher)
-    method.load_reference(device, teacher=teacher.module)
+    method.load_reference(device, teacher=teacher.module, teacher_fid=True)
     teacher_ref = method.reference
     teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
     metric = teacher_ref.teacher.metric
+    higher = higher_is_better(metric)
+    fid = _fid_counts(teacher_ref.teacher.as_dict())
     front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
-                         teacher_quality=teacher_ref.teacher.psnr)
+                         teacher_quality=teacher_ref.teacher.score, higher_is_better=higher)
     render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "
                 f"({len(front.candidates)} candidates, budget {format_macs(options.budget)})",
-                quality_label=QUALITY_LABELS[metric])
+                quality_label=quality_label(metric, fid))
     feasible = front.candidates[front.candidates["feasible"].astype(str).isin(["True", "true", "1"])]
     best = None
     if len(feasible):
-        row = feasible.sort_values(["quality", column], ascending=[False, True]).iloc[0].to_dict()
+        row = feasible.sort_values(["quality", column], ascending=[not higher, True]).iloc[0].to_dict()
         best = {"trial_id": row["trial_id"], "config": row["config"], "macs": int(row[column]),
                 "quality": float(row["quality"]),
-                "trial": {k: _number(row[k]) for k in ("quality", "psnr", "ssim", "fidelity_psnr", "share")}}
+                "trial": {k: _number(row[k]) for k in ("quality", "psnr", "ssim", "fidelity_psnr", "share",
+                                                       "fid", "kid", "fid_images", "fid_real_images")}}
         best_dir = out / "best"
         report_file = best_dir / "export.json"
         done = json.loads(report_file.read_text()) if report_file.is_file() else {}
@@ -292,13 +362,28 @@ def _number(value: Any) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+def _fid_counts(values: dict[str, Any]) -> dict[str, int] | None:
+    """The image counts behind an FID (a row, a quality's as_dict), None where there is no FID."""
+    images, real = _number(values.get("fid_images")), _number(values.get("fid_real_images"))
+    return None if images is None or real is None else {"images": int(images), "real_images": int(real)}
+
+
+def _with_counts(value: float, values: dict[str, Any]) -> str:
+    """A quality figure, with its image counts where it is an FID."""
+    counts = _fid_counts(values)
+    return f"{value:.3f}" + (f" ({counts['images']} generated vs {counts['real_images']} real images)"
+                             if counts else "")
+
+
 def print_summary(options: SearchOptions, method: Method, table: ResultsTable, out: Path,
                   info: dict[str, Any]) -> None:
     from nas.pareto import pareto_front
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
-    front = pareto_front(frame, macs_column=column, budget=options.budget)
+    metric = info.get("quality_metric", "psnr")
+    fid = metric == "fid"
+    front = pareto_front(frame, macs_column=column, budget=options.budget, higher_is_better=higher_is_better(metric))
     rows = front.front_rows
     ok = int((frame["status"] == "ok").sum())
     errors = int((frame["status"] == "error").sum())
@@ -312,28 +397,39 @@ def print_summary(options: SearchOptions, method: Method, table: ResultsTable, o
         print(f"{info['lost']} trials died with a lost worker node and were replaced by new samples"
               + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
     teacher, baseline = info.get("teacher_val") or {}, info.get("baseline_val_psnr")
-    metric = info.get("quality_metric", "psnr")
-    if teacher.get("psnr") is not None:
+    if fid and teacher.get("fid") is not None:
+        print(f"teacher val FID {_with_counts(teacher['fid'], teacher)}, KID {teacher['kid']:.4g}")
+    elif teacher.get("psnr") is not None:
         print(f"teacher val PSNR {teacher['psnr']:.3f}" + (f", bicubic {baseline:.3f}; share = the share of the "
                                                             "teacher's gain over bicubic a student keeps"
                                                             if baseline is not None else ""))
     weights = "inherited weights" if method.name == "ofa" else "trained students"
     print(f"Pareto front ({len(rows)} of {len(front.candidates)}; quality = {QUALITY_LABELS[metric]}, {weights}):")
-    print(f"  {'MACs':>8}  {'quality':>8}  {'share':>6}  {'params':>9}  {'latency':>9}  feasible  config")
+    # (an FID is never shown without its image counts; the share of the teacher's PSNR gain does not apply)
+    third, width = ("images (gen/real)", 17) if fid else ("share", 6)
+    print(f"  {'MACs':>8}  {'quality':>8}  {third:>{width}}  {'params':>9}  {'latency':>9}  feasible  config")
     for _, r in rows.iterrows():
-        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {format_share(r['share']):>6}  "
+        counts = _fid_counts(r.to_dict())
+        beside = (f"{counts['images']}/{counts['real_images']}" if counts else "") if fid else format_share(r['share'])
+        print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {beside:>{width}}  "
               f"{int(r['params']):>9,}  {float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
     best = info.get("best")
     if best and "finetuned" in best:
         inherited, tuned = best["inherited"], best["finetuned"]
+        share = (lambda q: "") if fid else (lambda q: f" (share {format_share(q['share'])})")  # noqa: E731
         print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality inherited "
-              f"{inherited['quality']:.3f} (share {format_share(inherited['share'])}) -> fine-tuned {tuned['steps']} "
-              f"steps {tuned['quality']:.3f} (share {format_share(tuned['share'])})"
+              f"{_with_counts(inherited['quality'], inherited)}{share(inherited)} -> fine-tuned {tuned['steps']} "
+              f"steps {_with_counts(tuned['quality'], tuned)}{share(tuned)}"
               + ("; the fine-tune lost quality, so best/ holds the inherited weights"
                  if best.get("kept") == "inherited" else ""))
     elif best:
-        print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality {best['quality']:.3f} "
-              f"(share {format_share(best['exported']['share'])})")
+        exported = best["exported"]
+        print(f"best feasible: {best['config']}  MACs {format_macs(best['macs'])}  quality "
+              f"{_with_counts(best['quality'], exported)}"
+              + ("" if fid else f" (share {format_share(exported['share'])})"))
+    counts = _fid_counts(teacher) if fid else None
+    if counts and noise_note(counts["images"]):
+        print(f"note: {noise_note(counts['images'])}")
     print(f"files: {out / 'trials.csv'}, {out / 'pareto.html'}, {out / 'run.json'}, {out / 'optuna.db'}"
           + (f", {out / 'best'}/" if best else ""))
 
@@ -364,6 +460,13 @@ def build_parser(method: str = "ofa") -> Parser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (0.25)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial before it is recorded")
+    p.add_argument("--quality", default="psnr", help="what ranks candidates: psnr (val PSNR against ground truth, "
+                   "else against the teacher; higher is better) | fid (val FID against the target domain's images "
+                   "with the standard FID Inception; lower is better)")
+    p.add_argument("--fid-weights", help=f"the FID Inception's weights ({WEIGHTS_FILE}), "
+                   "read with weights_only=True (default: the torch hub cache, fetched there once)")
+    p.add_argument("--fid-min-images", type=int, default=MIN_IMAGES,
+                   help=f"refuse FID on fewer real or generated images (default {MIN_IMAGES})")
     p.add_argument("--no-progress", action="store_true")
     method_class = get_method(method)
     add_dataclass_arguments(p, method_class.Options, title=f"--method {method} options")
@@ -412,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                             macs_convention=args.macs_convention, address=args.address, storage=args.storage,
                             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                             max_failures=args.max_failures, progress=not args.no_progress,
-                            method_options=dataclass_from_args(method_class.Options, args))
+                            method_options=dataclass_from_args(method_class.Options, args), quality=args.quality,
+                            fid_weights=args.fid_weights, fid_min_images=args.fid_min_images)
     run_search(options, command=command)
     return 0
 

@@ -117,6 +117,9 @@ class Objective(ABC):
     """What a training optimises. The loop calls ``train_step`` once per step, ``evaluate`` on its
     cadence, and ``state`` / ``load_state`` for checkpoints."""
 
+    # What the sides of a training crop must be multiples of: the trained generator's total down-sampling.
+    multiple: int = 4
+
     kind: ClassVar[str]  # the checkpoint record's kind (teacher, supernet, student)
     label: str = "train"  # the progress bar's
 
@@ -159,6 +162,11 @@ class Training:
     def __init__(self, objective: Objective, task: Task, settings: TrainSettings, device: torch.device, *,
                  task_spec: str, extra: dict[str, Any] | None = None) -> None:
         check_crop(task, settings.crop)
+        multiple = getattr(objective, "multiple", 4)  # what the generator's input sides must be multiples of
+        if settings.crop % multiple:
+            raise UserError(f"--crop {settings.crop} is not a multiple of {multiple}: the generator down-samples "
+                            f"{multiple.bit_length() - 1} times (a U-Net's input must be a multiple of 2^num_downs); "
+                            f"use --crop {max(multiple, settings.crop - settings.crop % multiple)}")
         self.objective, self.task, self.settings, self.device = objective, task, settings, torch.device(device)
         self.task_spec = task_spec
         self.extra = dict(extra or {})  # recorded in args, not checked on resume (out, device, ...)
@@ -268,6 +276,10 @@ class GeneratorObjective(Objective):
     def record_meta(self) -> dict[str, Any]:
         """Extra entries of the generator's record (its ``meta``)."""
         return {}
+
+    @property
+    def multiple(self) -> int:  # type: ignore[override]
+        return getattr(self.generator, "multiple", 4)
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.opt_g, self.opt_d) if o is not None]

@@ -33,6 +33,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from tqdm import tqdm
 
+from evaluators.quality import higher_is_better
 from nas.files import atomic_write_text
 from nas.methods import Candidate, Method, SearchContext, get_method
 from nas.methods.base import Categorical, Failed, LogUniform
@@ -48,6 +49,11 @@ MAX_REJECTIONS = 200
 NODE_DIED = "its node has died"
 RESUME_KEY = "_resume"  # a config key: continue a trial (its id and checkpoint) instead of starting one
 logger = logging.getLogger(__name__)
+
+
+def quality_mode(method: Method) -> str:
+    """Tune's mode for the quality: "max" (PSNR) or "min" (FID)."""
+    return "max" if higher_is_better(method.context.quality) else "min"
 
 
 def tune_space(method: Method) -> dict[str, Any]:
@@ -240,7 +246,7 @@ class BudgetSearcher(Searcher):
     def __init__(self, inner: OptunaSearch, method: Method, table: ResultsTable, records: TrialRecords, *,
                  budget: int, convention: str, record, writer: RecordWriter, queue: list[dict[str, Any]], seed: int,
                  clock: Clock) -> None:
-        super().__init__(metric=["quality", "macs"], mode=["max", "min"])
+        super().__init__(metric=["quality", "macs"], mode=[quality_mode(method), "min"])
         self.inner, self.method, self.table, self.records = inner, method, table, records
         self.record = record  # the run's SQLite study: evaluated trials only
         self.writer = writer
@@ -415,6 +421,7 @@ class ProgressCallback(Callback):
                  convention: str, budget: int, enabled: bool, clock: Clock | None = None) -> None:
         self.clock = clock or Clock()
         self.method, self.table, self.records, self.convention, self.budget = method, table, records, convention, budget
+        self.higher_is_better = higher_is_better(method.context.quality)
         self.lost = 0
         self.best: tuple[float, float] | None = None
         for row in table.rows.values():
@@ -425,7 +432,7 @@ class ProgressCallback(Callback):
     def _consider(self, row: dict[str, Any]) -> None:
         if row.get("status") == "ok" and row.get("feasible") and row.get("quality") is not None:
             quality, macs = float(row["quality"]), float(row[f"macs_{self.convention}"])
-            if self.best is None or quality > self.best[0]:
+            if self.best is None or (quality > self.best[0] if self.higher_is_better else quality < self.best[0]):
                 self.best = (quality, macs)
 
     def _update(self, running: str = "") -> None:
@@ -584,10 +591,12 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, slots)))
         # Sampling runs on an in-memory study (samples over budget are cheap); evaluated trials are
         # copied into the run's SQLite study, which a resumed search loads back.
-        record = optuna.create_study(study_name="search", storage=study_storage, directions=["maximize", "minimize"],
+        mode = quality_mode(method)  # FID is minimised
+        record = optuna.create_study(study_name="search", storage=study_storage,
+                                     directions=["maximize" if mode == "max" else "minimize", "minimize"],
                                      load_if_exists=True)
         reconcile_record(record, table, method, options.macs_convention)
-        inner = OptunaSearch(metric=["quality", "macs"], mode=["max", "min"], sampler=sampler, seed=options.seed)
+        inner = OptunaSearch(metric=["quality", "macs"], mode=[mode, "min"], sampler=sampler, seed=options.seed)
         clock = Clock()
         writer = RecordWriter(study_storage, method, options.macs_convention)
         searcher = BudgetSearcher(inner, method, table, records, budget=options.budget,

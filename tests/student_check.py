@@ -36,12 +36,12 @@ def run_trial(method, target, folder=None, until=None):
             return trial, out
 
 
-def tiny_method(name: str, teacher, space, budget: float, options: dict):
+def tiny_method(name: str, teacher, space, budget: float, options: dict, command: str = "student"):
     """Method ``name`` on sr4x with ``options``, loaded (32x32 latency, one repeat)."""
     from nas.methods import get_method
     from nas.methods.base import SearchContext
 
-    method_class = get_method(name, "student")
+    method_class = get_method(name, command)
     context = SearchContext(method=name, task="sr4x", teacher=str(teacher), space=str(space), budget=int(budget),
                             latency_resolution=32, latency_repeats=1, options=method_class.Options(**options))
     method = method_class(context)

@@ -90,10 +90,10 @@ def test_wrong_type_for_norm_and_unknown_norm():
 
 
 def test_unknown_family():
-    text = RESNET.replace("family: resnet", "family: unet")
+    text = RESNET.replace("family: resnet", "family: vgg")
     err = error_for(text)
-    assert "unknown family 'unet'; allowed: resnet, inception, agd" in str(err)
-    assert err.line == line_of(text, "family: unet")
+    assert "unknown family 'vgg'; allowed: resnet, inception, agd, unet" in str(err)
+    assert err.line == line_of(text, "family: vgg")
 
 
 def test_yaml_syntax_error_has_line():
@@ -140,3 +140,14 @@ def test_user_copy_with_changed_choices_is_used_by_path(tmp_path):
     assert space.name == "small" and space.spec.blocks == 6
     assert [s.choices for s in space.sites if s.name.startswith("group")] == [(8, 16)] * 3
     assert space.size == 7 ** 4 * 2 ** 4
+
+
+def test_unet_levels_must_match_and_resolution_must_be_a_multiple(root):
+    text = (root / "spaces" / "unet.yaml").read_text()
+    one_up_fewer = text.replace("  - {choices: [16, 32, 48, 64]}\n", "", 2)  # the first down level and up1
+    err = error_for(one_up_fewer.replace("down:\n", "down:\n  - {choices: [16, 32, 48, 64]}\n"))
+    assert "up: 6 up levels for 8 down levels" in str(err)
+    err = error_for(text.replace("resolution: 256", "resolution: 192"))
+    assert "resolution: 192 is not a multiple of 256 (8 stride-2 downsamplings)" in str(err)
+    err = error_for(text.replace("norm: batch ", "widths: {}\nnorm: batch "))
+    assert "unknown key 'widths'" in str(err)

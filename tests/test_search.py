@@ -190,7 +190,7 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--space", "unet", "--budget", "1G"], "unknown space 'unet'"),
+    (["--space", "vgg", "--budget", "1G"], "unknown space 'vgg'"),
     (["--budget", "lots"], "cannot read 'lots' as MACs"),
     (["--budget=-2G"], "MACs must be a positive number"),
     (["--budget", "1M"], "budget 1M is below the smallest config of space 'tiny_inception' (1.757M MACs"),
@@ -296,3 +296,78 @@ def test_an_ofa_export_keeps_the_inherited_weights_when_the_fine_tune_loses_qual
     assert same is (kept == "inherited")
     if kept:
         assert set(report["finetuned_val"]) == {"quality", "share"}
+
+
+def test_the_front_of_a_lower_is_better_quality_runs_the_other_way():
+    from nas.pareto import pareto_front
+
+    rows = pd.DataFrame({"trial_id": list("abcd"), "status": "ok", "config": list("abcd"),
+                         "macs_torchprofile": [1e6, 2e6, 3e6, 4e6], "quality": [40.0, 50.0, 30.0, 35.0]})
+    fid_front = pareto_front(rows, higher_is_better=False)  # FID: a cheaper and lower row dominates
+    assert fid_front.front_rows["trial_id"].tolist() == ["a", "c"]
+    assert pareto_front(rows).front_rows["trial_id"].tolist() == ["a", "b"]  # PSNR: higher is better
+
+
+def test_fid_on_fewer_images_than_the_minimum_is_refused_before_anything_runs(tmp_path, tiny_models):
+    """sr4x's val split has two photos: an FID of two images would say nothing."""
+    done = run(search_cmd(tiny_models, tmp_path / "run", "--budget", "30M", "--quality", "fid"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "FID needs at least 50 generated images (one per input of the val split of sr4x), found 2" in done.stderr
+    assert not (tmp_path / "run").exists()
+    done = run(search_cmd(tiny_models, tmp_path / "run", "--budget", "30M", "--quality", "lpips"))
+    assert done.returncode == 2 and "--quality must be one of psnr, fid" in done.stderr
+
+
+def aligned_task(root, pairs: dict[str, int], seed: int = 0):
+    """A pix2pix folder (A|B side by side, 32x32 each) of smooth random images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in pairs.items():
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            fields = rng.integers(0, 256, size=(4, 8, 3), dtype=np.uint8)
+            Image.fromarray(fields).resize((64, 32), Image.BILINEAR).save(root / split / f"{i}.png")
+    return root
+
+
+def test_a_search_by_fid_minimises_it_end_to_end(tmp_path, tiny_models):
+    """--quality fid with the FID Inception (random weights in its layout, given with --fid-weights): rows,
+    front, best, Optuna's directions and the summary all take lower as better; counts beside every FID."""
+    import torch
+    from torch import nn
+
+    from evaluators.fid import inception_module
+    from nas.pareto import pareto_front
+
+    torch.manual_seed(0)
+    module = inception_module()
+    for layer in module.modules():  # random weights that keep activations in scale (see tests/test_fid.py)
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    weights = tmp_path / "random_inception.pth"
+    torch.save(module.state_dict(), weights)
+    task = aligned_task(tmp_path / "task", {"train": 2, "val": 5})
+    out = tmp_path / "run"
+    done = run(search_cmd(tiny_models, out, "--budget", "30M", "--trials", "3", "--sampler", "random",
+                          "--task", str(task), "--quality", "fid", "--fid-weights", str(weights),
+                          "--fid-min-images", "4"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str})
+    assert len(table) == 3 and (table["status"] == "ok").all() and (table["quality_metric"] == "fid").all()
+    assert (table["quality"] == table["fid"]).all() and table["kid"].notna().all() and table["share"].isna().all()
+    assert (table["fid_images"] == 5).all() and (table["fid_real_images"] == 5).all()  # val's 5 B halves
+    info = json.loads((out / "run.json").read_text())
+    assert info["quality_metric"] == "fid" and info["options"]["quality"] == "fid"
+    assert info["fid"]["real_images"] == 5 and "B halves of the val split" in info["fid"]["source"]
+    assert len(list((out / "fid").glob("fid-real-*.pt"))) == 1  # computed once, beside the run
+    assert info["best"]["config"] == table.loc[table["quality"].idxmin(), "config"]  # the lowest FID wins
+    assert info["front"] == pareto_front(table, higher_is_better=False).front_rows["config"].tolist()
+    assert info["teacher_val"]["fid"] is not None and info["best"]["exported"]["fid_images"] == 5
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    assert "val FID (lower is better)" in done.stdout and "5 generated vs 5 real images" in done.stdout
+    assert "images (gen/real)" in done.stdout and "noisy" in done.stdout and "share" not in done.stdout
+    html = (out / "pareto.html").read_text()
+    assert "val FID, 5 generated vs 5 real images (lower is better)" in html

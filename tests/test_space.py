@@ -7,7 +7,7 @@ import pytest
 
 from spaces import UserError, load_space
 
-SPACES = ("resnet", "inception", "agd")
+SPACES = ("resnet", "inception", "agd", "unet")
 
 
 @pytest.mark.parametrize("name", SPACES)

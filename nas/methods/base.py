@@ -23,16 +23,20 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from evaluators.fid import MIN_IMAGES
 from evaluators.quality import Quality, evaluate_on, reference
 from nas.checkpoint import load_generator, read_training_record, save_generator
 from nas.data import load_task
 from spaces.errors import UserError
 from spaces.modules import Cost
 from spaces.space import Choice, Config, SearchSpace, load_space
+
+if TYPE_CHECKING:
+    from evaluators.fid import FidJudge, RealFeatures
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ class SearchContext:
     device: str = "cpu"
     macs_convention: str = "torchprofile"
     options: Any = None  # the method's Options
+    quality: str = "psnr"  # what a trial's quality is: psnr (against ground truth, else the teacher) | fid
+    fid_weights: str | None = None  # the FID Inception's weights (None: the torch hub cache, fetched once)
+    fid_min_images: int = MIN_IMAGES  # FID on fewer real or generated images is refused
+    # The real images' Inception features, computed once by the driver (workers on other nodes cannot read
+    # the run folder); None: computed where needed.
+    fid_real: RealFeatures | None = None
 
 
 @dataclass(frozen=True)
@@ -301,15 +311,23 @@ class Method(ABC):
         """A short text for progress and logs."""
         return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
+    def notes(self) -> list[str]:
+        """What a user should know of how this run judges its candidates (printed when it starts, in run.json)."""
+        return []
+
     def load(self) -> None:
         """Load what trials need (weights, validation data); called once per worker."""
         self.load_reference(self.context.device)
 
-    def load_reference(self, device: str, *, teacher: torch.nn.Module | None = None) -> None:
-        """The val split and the teacher's reference on it, on ``device``."""
-        self.val = load_task(self.context.task).eval_set("val")
+    def load_reference(self, device: str, *, teacher: torch.nn.Module | None = None, teacher_fid: bool = False
+                       ) -> None:
+        """The val split and the teacher's reference on it, on ``device``; with ``--quality fid`` the FID judge
+        too (and, with ``teacher_fid``, the teacher's own FID: the driver's reference point)."""
+        task = load_task(self.context.task)
+        self.val = task.eval_set("val")
         self.teacher_module = teacher if teacher is not None else load_generator(self.context.teacher).module
-        self.reference = reference(self.teacher_module, self.val, device)
+        fid = fid_judge(self.context, task, device) if self.context.quality == "fid" else None
+        self.reference = reference(self.teacher_module, self.val, device, fid=fid, teacher_fid=teacher_fid)
         self._judge_device = device
 
     def judge(self, module: torch.nn.Module) -> Quality:
@@ -376,6 +394,22 @@ class TargetMethod(Method):
 
         return export_trained(row, weights, out, task=self.context.task, method=self.name,
                               teacher=self.context.teacher, keys=self.export_keys)
+
+
+QUALITIES = ("psnr", "fid")
+
+
+def fid_judge(context: SearchContext, task: Any, device: str) -> FidJudge:
+    """The FID judge of a search: the FID Inception (``context.fid_weights``) and the real images' features,
+    the context's (computed once by the driver) or, outside a search, computed here from the task."""
+    from evaluators.fid import FidJudge, inception, real_features
+
+    extractor = inception(context.fid_weights, device)
+    real = context.fid_real
+    if real is None:
+        images = task.real_images("val")
+        real = real_features(extractor, images.images, source=images.source, min_images=context.fid_min_images)
+    return FidJudge(extractor, real, context.fid_min_images)
 
 
 def absolute_paths(options: Any) -> Any:

@@ -17,7 +17,15 @@ from nas.data import Task
 from nas.discriminator import discriminator_from
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
 from nas.methods.base import Candidate, Categorical, Method, Param, SearchContext, Trial, check_range
-from nas.training import Objective, TrainSettings, adam, calibration_batches, optimize, with_gan
+from nas.training import (
+    CALIBRATION_BATCHES,
+    Objective,
+    TrainSettings,
+    adam,
+    calibration_batches,
+    optimize,
+    with_gan,
+)
 from spaces.errors import UserError
 from spaces.modules import Cost
 from spaces.space import Choice, Config, SearchSpace
@@ -83,6 +91,7 @@ class SupernetObjective(Objective):
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         torch.manual_seed(settings.seed)
         self.supernet = Supernet(space).to(device).train()
+        self.multiple = space.multiple
         self.distiller = make_distiller(self.supernet.net, self.teacher, layers=distill_layers, device=device)
         self.distill_weight = distill_weight
         self.opt_g = adam(list(self.supernet.parameters()) + list(self.distiller.mappers.parameters()), settings.lr,
@@ -231,6 +240,13 @@ class OfaMethod(Method):
     def space(self) -> SearchSpace:
         return self._space
 
+    def notes(self) -> list[str]:
+        if self._space.spec.norm != "batch":
+            return []
+        return [f"batch norm: each subnet's running statistics are recalibrated on {CALIBRATION_BATCHES} batches of "
+                "training crops before it is judged or exported (as once-for-all does); the supernet's shared "
+                "statistics fit no subnet in particular"]
+
     def parameters(self) -> dict[str, Param]:
         return {site.name: Categorical(site.choices) for site in self._space.sites}
 
@@ -280,7 +296,8 @@ class OfaMethod(Method):
             from nas.checkpoint import load_generator
 
             tuned = self.judge(load_generator(out / "model.pth").module)
-            if tuned.score < float(row["quality"]):  # the fine-tune lost val quality: keep the inherited weights
+            if tuned.worse_than(float(row["quality"])):  # the fine-tune lost val quality: keep the inherited weights
                 report = {**export(0), "finetune_steps": self.options.finetune_steps, "kept": "inherited",
-                          "finetuned_val": {"quality": tuned.score, "share": tuned.share}}
+                          "finetuned_val": {"quality": tuned.score, "share": tuned.share,
+                                            "fid_images": tuned.fid_images, "fid_real_images": tuned.fid_real_images}}
         return report
