@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.distributed import global_mean
 from spaces.supernet import ElasticConv2d
 
 # Weight of the (relative) feature distillation against the L1 reconstruction: the default of
@@ -71,7 +72,9 @@ class FeatureDistiller(nn.Module):
         terms = []
         for mapper, s, t in zip(self.mappers, self._student.outputs, self._teacher.outputs):
             s, t = _same_size(mapper(s), t.detach())
-            terms.append(F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8))
+            # the mean square of the global batch's teacher features (one rank holds a slice of it), so
+            # that data-parallel gradients equal the full batch's
+            terms.append(F.mse_loss(s, t) / global_mean(t.pow(2).mean()).clamp_min(1e-8))
         return torch.stack(terms).mean()
 
     def detach_hooks(self) -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -35,6 +33,7 @@ from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
 from nas.methods import Method, SearchContext, get_method, list_methods
 from nas.methods.base import QUALITIES, absolute_paths, resolve_space
+from nas.ray_session import check_address
 from nas.results import ResultsTable
 from spaces.errors import UserError
 from spaces.space import CONVENTIONS
@@ -68,28 +67,6 @@ class SearchOptions:
 
 
 # ------------------------------------------------------------------------------ checks before Ray
-
-
-def check_address(address: str | None) -> str | None:
-    """Resolve --address (or RAY_ADDRESS) and check that something listens there, before Ray starts."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        return None
-    if address == "auto":
-        current = Path("/tmp/ray/ray_current_cluster")
-        if not current.exists():
-            raise UserError("--address auto: no running Ray cluster found on this machine; start one with "
-                            "`ray start --head` or leave out --address for a local instance")
-        address = current.read_text().strip()
-    target = address.removeprefix("ray://")
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
-            pass
-    except (OSError, ValueError):
-        raise UserError(f"--address {address}: no Ray cluster answers there; check the address "
-                        "(host:port of the head node, e.g. 127.0.0.1:6379) or leave out --address") from None
-    return address
 
 
 def check_out(out: Path, resume: bool) -> None:

@@ -11,12 +11,14 @@ as if it had not stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
+import torch
 
-from nas.checkpoint import load_generator
+from nas.checkpoint import load_generator, read_training_record
 from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
 from nas.data import load_task
 from nas.device import pick_device
@@ -35,22 +37,20 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
 
 
 def _extra(args: argparse.Namespace) -> dict:
-    return {"out": str(args.out), "device": args.device}
+    return {"out": str(args.out), "device": args.device, "workers": args.workers or 1}
 
 
-def train_teacher(args: argparse.Namespace) -> Path:
-    settings, device, task = _settings(args), pick_device(args.device), load_task(args.task)
+def build_teacher(args: argparse.Namespace, device: torch.device) -> Training:
+    settings, task = _settings(args), load_task(args.task)
     space = load_space(args.space)
     objective = TeacherObjective(space, space.decode(args.config), task, settings, device, space_arg=args.space,
                                  task_spec=args.task, config_arg=args.config)
-    training = Training(objective, task, settings, device, task_spec=args.task, extra=_extra(args))
-    return run_to_checkpoint(training, Path(args.out), resume=args.resume, stop_at=args.stop_at,
-                             progress=not args.no_progress)
+    return Training(objective, task, settings, device, task_spec=args.task, extra=_extra(args))
 
 
-def train_supernet(args: argparse.Namespace) -> Path:
+def build_supernet(args: argparse.Namespace, device: torch.device) -> Training:
     parse_sandwich(args.sandwich)  # before anything is loaded
-    settings, device, task = _settings(args), pick_device(args.device), load_task(args.task)
+    settings, task = _settings(args), load_task(args.task)
     space = load_space(args.space)
     teacher = load_generator(args.teacher)
     if (teacher.space.spec.in_channels, teacher.space.spec.out_channels) != \
@@ -62,9 +62,41 @@ def train_supernet(args: argparse.Namespace) -> Path:
                                   teacher_path=args.teacher, distill_weight=args.distill_weight,
                                   distill_layers=args.distill_layers, sandwich=args.sandwich,
                                   discriminator=args.discriminator)
-    training = Training(objective, task, settings, device, task_spec=args.task, extra=_extra(args))
-    return run_to_checkpoint(training, Path(args.out), resume=args.resume, stop_at=args.stop_at,
-                             progress=not args.no_progress)
+    return Training(objective, task, settings, device, task_spec=args.task, extra=_extra(args))
+
+
+BUILDERS = {"teacher": build_teacher, "supernet": build_supernet}
+
+
+def train_model(args: argparse.Namespace) -> Path:
+    """``nas.train teacher|supernet``: in this process, or data-parallel on Ray Train with ``--workers``."""
+    build = BUILDERS[args.what]
+    if not args.workers:
+        training = build(args, pick_device(args.device))
+        return run_to_checkpoint(training, Path(args.out), resume=args.resume, stop_at=args.stop_at,
+                                 progress=not args.no_progress)
+    from nas.distributed import Workers, check_workers, train_data_parallel
+    from nas.ray_session import check_address
+
+    workers = Workers(args.workers, args.gpus_per_worker, check_address(args.address), args.storage)
+    check_workers(workers, args.batch_size)
+    # Built here once on the CPU, so that every argument and a --resume checkpoint are checked before Ray starts.
+    training = build(args, torch.device("cpu"))
+    out = Path(args.out)
+    checkpoint = out / "checkpoint.pth"
+    record = None
+    if args.resume:
+        if not checkpoint.is_file():
+            raise UserError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
+        record = read_training_record(checkpoint)
+        training.restore(record, source=str(checkpoint))
+    elif checkpoint.exists():
+        raise UserError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    until = min(args.steps, args.stop_at) if args.stop_at else args.steps
+    return train_data_parallel(functools.partial(build, args), workers, out, until=until, resume=record,
+                               resume_source=str(checkpoint), label=training.objective.label, total=args.steps,
+                               initial=training.step, progress=not args.no_progress, name=f"nas-train-{args.what}")
 
 
 def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -145,7 +177,18 @@ def _add_schedule(p: argparse.ArgumentParser, default_steps: int) -> None:
     p.add_argument("--ndf", type=int, default=32, help="discriminator width")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA (pays off only with large batches and crops: README, GPU path)")
+    _add_workers(p)
     _add_run(p)
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data-parallel training on Ray Train (README: Training on many GPUs)")
+    g.add_argument("--workers", type=int, help="train on N workers (each a slice of every batch); without it, "
+                   "one process and no Ray")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each worker (0: CPU workers, gloo)")
+    g.add_argument("--address", help="Ray cluster address (auto, host:port); default: RAY_ADDRESS or a local instance")
+    g.add_argument("--storage", help="where Ray Train keeps the workers' checkpoints: a path every node sees or a "
+                   "cloud URI (default OUT/ray, enough on one machine)")
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -203,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             if getattr(args, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        path = train_teacher(args) if args.what == "teacher" else train_supernet(args)
+        path = train_model(args)
     print(f"checkpoint: {path}")
     return 0
 

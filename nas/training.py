@@ -173,6 +173,7 @@ class Training:
         self.step, self.train_seconds = 0, 0.0
         self.metrics: dict[str, Any] = {}
         self.loss: float | None = None
+        self.shard = (0, 1)  # (rank, ranks): which equal slice of each global batch this process trains on
 
     @property
     def done(self) -> bool:
@@ -183,8 +184,12 @@ class Training:
         return {**self.objective.identity(), "task": self.task_spec, **asdict(self.settings), **self.extra}
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's slice of the global batch of ``step`` (all of it on one process)."""
         s = self.settings
         x, y = self.task.batch(seed=s.seed, step=step, batch_size=s.batch_size, crop=s.crop)
+        rank, ranks = self.shard
+        part = slice(rank * s.batch_size // ranks, (rank + 1) * s.batch_size // ranks)
+        x, y = x[part], (y[part] if y is not None else None)
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
     def advance(self, until: int, *, on_checkpoint: Callable[[Training], None] | None = None,

@@ -37,6 +37,7 @@ from evaluators.quality import higher_is_better
 from nas.files import atomic_write_text
 from nas.methods import Candidate, Method, SearchContext, get_method
 from nas.methods.base import Categorical, Failed, LogUniform
+from nas.ray_session import start_ray
 from nas.results import ResultsTable, now, row_from_result
 
 # A sample over the budget is rejected this many times at most, then the last one is repaired
@@ -576,14 +577,7 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # A local instance stays on loopback.
-            # (address="local": never attach to some other cluster running on this machine)
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    started_here = start_ray(address)
     try:
         # Tune keeps one trial pending when a searcher is used, which lets a reused actor sit idle:
         # allow one pending trial per slot of the cluster.

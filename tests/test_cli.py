@@ -44,7 +44,7 @@ def test_teacher_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--space", "unet"], "unknown space 'unet'"),
+    (["--space", "vgg"], "unknown space 'vgg'"),
     (["--space", "resnet", "--config", "16_16"], "has 2 values"),
     (["--space", "resnet", "--resolution", "30"], "resolution '30' is not allowed"),
     (["--teacher", "/nonexistent.pth"], "not found"),

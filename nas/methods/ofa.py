@@ -298,6 +298,7 @@ class OfaMethod(Method):
             tuned = self.judge(load_generator(out / "model.pth").module)
             if tuned.worse_than(float(row["quality"])):  # the fine-tune lost val quality: keep the inherited weights
                 report = {**export(0), "finetune_steps": self.options.finetune_steps, "kept": "inherited",
-                          "finetuned_val": {"quality": tuned.score, "share": tuned.share,
-                                            "fid_images": tuned.fid_images, "fid_real_images": tuned.fid_real_images}}
+                          "finetuned_val": {"quality": tuned.score, "share": tuned.share, **(
+                              {"fid_images": tuned.fid_images, "fid_real_images": tuned.fid_real_images}
+                              if tuned.fid_images is not None else {})}}
         return report
