@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from evaluators.tiling import geometry, run_image
 
@@ -31,10 +30,16 @@ def _unit(image: torch.Tensor) -> torch.Tensor:
 
 def psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1] (computed on [0, 1], as usually reported)."""
+    # torchmetrics is imported where it is used: importing it takes 2.7 s (torchvision, scipy), which every
+    # command would pay before it could even report a bad argument
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(_unit(output), _unit(reference), data_range=1.0))
 
 
 def ssim(output: torch.Tensor, reference: torch.Tensor) -> float:
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(_unit(output), _unit(reference), data_range=1.0))
 
 

@@ -149,6 +149,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     from nas.checkpoint import read_training_record
 
+    if Path(config["cwd"]).is_dir():  # relative paths (--space, --teacher, --task) mean what they meant to the driver
+        os.chdir(config["cwd"])
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -223,7 +225,7 @@ def train_data_parallel(build: Callable[[torch.device], Any], workers: Workers, 
     try:
         queue = Queue()
         storage = workers.storage or str((out / "ray").resolve())
-        config = {"build": build, "until": until, "queue": queue, "resume_source": resume_source,
+        config = {"build": build, "until": until, "queue": queue, "resume_source": resume_source, "cwd": os.getcwd(),
                   "resume": ray.put(resume) if resume is not None else None}
         trainer = TorchTrainer(
             worker_loop, train_loop_config=config,

@@ -151,3 +151,13 @@ def test_unet_levels_must_match_and_resolution_must_be_a_multiple(root):
     assert "resolution: 192 is not a multiple of 256 (8 stride-2 downsamplings)" in str(err)
     err = error_for(text.replace("norm: batch ", "widths: {}\nnorm: batch "))
     assert "unknown key 'widths'" in str(err)
+
+
+def test_a_space_error_survives_pickling():
+    # a Ray worker's error reaches the driver pickled: it must come back whole, not as a TypeError
+    import pickle
+
+    from spaces.errors import SpaceError
+
+    err = pickle.loads(pickle.dumps(SpaceError("my.yaml", "widths.stem", 7, "unknown key 'x'")))
+    assert isinstance(err, SpaceError) and str(err) == "my.yaml:7: widths.stem: unknown key 'x'" and err.line == 7

@@ -79,6 +79,7 @@ def test_failing_trials_are_retried_then_recorded(tmp_path, tiny_models):
     assert (table[table["status"] == "ok"]["config"].str.startswith("8_")).all()
 
 
+@pytest.mark.slow  # the default suite's time (README: tests)
 def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     out = tmp_path / "run"
     cmd = search_cmd(tiny_models, out, "--budget", "30M", "--trials", "8")
@@ -104,6 +105,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tiny_models):
     assert len(info["resumes"]) == 1 and info["status"] == "finished"
 
 
+@pytest.mark.slow  # the default suite's time (README: tests)
 def test_trials_lost_with_their_node_are_replaced_by_new_samples(tmp_path, tiny_models, monkeypatch, capsys):
     from dataclasses import replace
 
@@ -255,6 +257,7 @@ def test_resume_refuses_a_run_measured_with_another_protocol(tmp_path, tiny_mode
     assert "Traceback" not in done.stderr and not (out / "trials.csv").exists()
 
 
+@pytest.mark.slow  # the default suite's time (README: tests)
 def test_a_tight_budget_finishes_by_repairing_samples(tmp_path, tiny_models):
     """5% above the smallest config: most samples are over budget; after a few rejections one is
     shrunk to fit, so the search makes progress instead of drowning Optuna in failed samples."""
