@@ -17,7 +17,7 @@ CONVENTION_NOTES = {
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m nas.inspect", description=__doc__)
-    p.add_argument("--space", default="resnet", help="resnet | inception | agd | PATH.yaml (default resnet)")
+    p.add_argument("--space", default="resnet", help="resnet | inception | agd | unet | PATH.yaml (default resnet)")
     p.add_argument("--config", default="max", help="max | min | a config string such as 16_16_32_16_32_32_16_16")
     p.add_argument("--teacher", metavar="CKPT", help="inspect a generator checkpoint instead of --space/--config")
     p.add_argument("--resolution", help="HxW or one side (default: the space's reference resolution, 256)")

@@ -417,7 +417,7 @@ def print_summary(options: SearchOptions, method: Method, table: ResultsTable, o
 def build_parser(method: str = "ofa") -> Parser:
     p = Parser(prog="python -m nas.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="inception",
-                   help="resnet | inception | agd (spaces/<task>/NAME.yaml on the embedded default) | PATH.yaml")
+                   help="resnet | inception | agd | unet (spaces/<task>/NAME.yaml on the embedded default) | PATH.yaml")
     p.add_argument("--budget", help="MACs budget per image: 2.6G, 500M or 2.6e9 (required unless --resume)")
     p.add_argument("--method", default="ofa", help=f"{' | '.join(list_methods('search'))} (default ofa; "
                    "each adds its own options, listed by --method NAME --help)")

@@ -224,7 +224,7 @@ def build_parser(method: str | None = None) -> Parser:
     st = sub.add_parser("student", help="train one student with a training method (one trial of nas.search)")
     st.add_argument("--method", default=methods[0], choices=methods)
     st.add_argument("--budget", help="MACs budget per image: 0.5G, 500M or 5e8")
-    st.add_argument("--space", default="resnet", help="resnet | inception | agd (spaces/<task>/NAME.yaml) | PATH.yaml")
+    st.add_argument("--space", default="resnet", help="resnet | inception | agd | unet (spaces/<task>/NAME.yaml) | PATH.yaml")
     st.add_argument("--task", default="sr4x", help="sr4x (embedded) or a data folder")
     st.add_argument("--teacher", help="teacher checkpoint (default: the shipped sr4x teacher)")
     st.add_argument("--out", required=True, help="folder for the trial's checkpoints (trial/) and the export (student/)")

@@ -22,7 +22,18 @@ RESNET_BLOCKS = ("plain", "mobile")
 AGD_OPERATORS = ("conv", "res", "sep", "skip")
 SAMPLING_SITES = ("stem", "down1", "trunk", "up1", "up2")
 
+# Bounds on what a space may ask for: wide enough for the paper-sized spaces and real teachers (ESRGAN's
+# 23 blocks of 64 channels, unet_256's 512 channels over 8 levels), narrow enough that a mistyped number
+# cannot ask for hundreds of GB.
+MAX_CHANNELS = 4096  # of one layer: choice * scale
+MAX_BLOCKS = 64  # blocks, layers
+MAX_LEVELS = 12  # a U-Net's down-samplings
+MAX_KERNEL = 15
+MAX_RESOLUTION = 8192
+MAX_IMAGE_CHANNELS = 64
+
 _POSITIVE_INT = {"type": "integer", "minimum": 1}
+_BLOCK_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS}
 
 
 def _width_site(minimum: int = 1) -> dict[str, Any]:
@@ -35,9 +46,9 @@ def _width_site(minimum: int = 1) -> dict[str, Any]:
                 "type": "array",
                 "minItems": 1,
                 "uniqueItems": True,
-                "items": {"type": "integer", "minimum": minimum},
+                "items": {"type": "integer", "minimum": minimum, "maximum": MAX_CHANNELS},
             },
-            "scale": _POSITIVE_INT,
+            "scale": {"type": "integer", "minimum": 1, "maximum": MAX_CHANNELS},
         },
     }
 
@@ -45,10 +56,10 @@ def _width_site(minimum: int = 1) -> dict[str, Any]:
 _COMMON_PROPERTIES: dict[str, Any] = {
     "family": {"enum": list(FAMILIES)},
     "description": {"type": "string"},
-    "in_channels": _POSITIVE_INT,
-    "out_channels": _POSITIVE_INT,
+    "in_channels": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_CHANNELS},
+    "out_channels": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_CHANNELS},
     "norm": {"enum": list(NORMS)},
-    "resolution": {"type": "integer", "minimum": 16},
+    "resolution": {"type": "integer", "minimum": 16, "maximum": MAX_RESOLUTION},
     "global_residual": {"type": "boolean"},
 }
 _COMMON_REQUIRED = ["family", "in_channels", "out_channels", "norm"]
@@ -64,24 +75,25 @@ _FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
     "resnet": {
         "widths": _WIDTHS,
         "block": {"enum": list(RESNET_BLOCKS)},
-        "blocks": _POSITIVE_INT,
+        "blocks": _BLOCK_COUNT,
         "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-        "groups": {"type": "array", "minItems": 1, "items": _width_site()},
+        "groups": {"type": "array", "minItems": 1, "maxItems": MAX_BLOCKS, "items": _width_site()},
     },
     "inception": {
         "widths": _WIDTHS,
-        "blocks": _POSITIVE_INT,
+        "blocks": _BLOCK_COUNT,
         "kernel_sizes": {
-            "type": "array", "minItems": 1, "uniqueItems": True, "items": _POSITIVE_INT,
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "items": {"type": "integer", "minimum": 1, "maximum": MAX_KERNEL},
         },
         "branch_widths": {
             "type": "array", "minItems": 1, "uniqueItems": True,
-            "items": {"type": "integer", "minimum": 0},
+            "items": {"type": "integer", "minimum": 0, "maximum": MAX_CHANNELS},
         },
     },
     "agd": {
         "widths": _WIDTHS,
-        "layers": _POSITIVE_INT,
+        "layers": _BLOCK_COUNT,
         "operators": {
             "type": "array", "minItems": 1, "uniqueItems": True,
             "items": {"enum": list(AGD_OPERATORS)},
@@ -93,8 +105,8 @@ _FAMILY_PROPERTIES: dict[str, dict[str, Any]] = {
     },
     "unet": {
         "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-        "down": {"type": "array", "minItems": 2, "items": _width_site()},
-        "up": {"type": "array", "minItems": 1, "items": _width_site()},
+        "down": {"type": "array", "minItems": 2, "maxItems": MAX_LEVELS, "items": _width_site()},
+        "up": {"type": "array", "minItems": 1, "maxItems": MAX_LEVELS - 1, "items": _width_site()},
     },
 }
 _FAMILY_REQUIRED = {
@@ -247,7 +259,11 @@ def _describe(error: jsonschema.ValidationError) -> tuple[tuple[Any, ...], str, 
         op = "<=" if kind == "maximum" else "<"
         return path, f"{value!r} is too large; must be {op} {error.validator_value}", None
     if kind == "minItems":
+        if path and path[-1] == "down":
+            return path, f"{len(value)} down level(s); a U-Net needs at least 2", None
         return path, "empty choice list; give at least one choice", None
+    if kind == "maxItems":
+        return path, f"{len(value)} entries are too many; at most {error.validator_value}", None
     if kind == "uniqueItems":
         return path, f"duplicate entries in {value!r}; list each choice once", None
     return path, error.message, None
@@ -258,14 +274,56 @@ def _fail(file: str, lines: _Lines, path: tuple[Any, ...], message: str, key: st
     raise SpaceError(file, _dotted(path), line, message)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (yaml keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(text: str, file: str) -> Any:
+    """The parsed document; SpaceError for anchors and aliases (refused before anything expands them: a
+    'billion laughs' file of 1 KB would), duplicate keys, numbers too long to read, and invalid YAML."""
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                raise SpaceError(file, "", token.start_mark.line + 1, "YAML anchors and aliases (&name, *name) are "
+                                 "not allowed in a space file; write each value out")
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise SpaceError(file, str(dup.key), dup.line, f"key '{dup.key}' is given twice in one mapping; keep one") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's conversion limit)
+        raise SpaceError(file, "", None, f"a value cannot be read ({str(exc).splitlines()[0]})") from None
+
+
 def _site(raw: dict[str, Any]) -> WidthSite:
     return WidthSite(tuple(sorted(int(c) for c in raw["choices"])), int(raw.get("scale", 1)))
+
+
+def _scaled_sites(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], WidthSite]]:
+    """Every width site of a validated document with its key path."""
+    sites = [(("widths", name), _site(raw)) for name, raw in (data.get("widths") or {}).items()]
+    for key in ("groups", "down", "up"):
+        sites += [((key, i), _site(raw)) for i, raw in enumerate(data.get(key) or [])]
+    return sites
 
 
 def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
     """Validate the text of a space file and return its spec; raises SpaceError."""
     try:
-        data = yaml.safe_load(text)
+        data = _read_yaml(text, file)
         lines = _Lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -286,6 +344,10 @@ def parse_space(text: str, *, file: str, name: str) -> SpaceSpec:
         _fail(file, lines, path, message, key)
 
     widths = {site: _site(data["widths"][site]) for site in SAMPLING_SITES} if "widths" in data else {}
+    for path, site in _scaled_sites(data):
+        if max(site.choices) * site.scale > MAX_CHANNELS:
+            _fail(file, lines, path, f"choice {max(site.choices)} x scale {site.scale} = {max(site.choices) * site.scale} "
+                  f"channels; at most {MAX_CHANNELS} channels per layer")
     resolution = int(data.get("resolution", 256))
     multiple = 2 ** len(data["down"]) if family == "unet" else 4
     if resolution % multiple:

@@ -161,3 +161,40 @@ def test_a_space_error_survives_pickling():
 
     err = pickle.loads(pickle.dumps(SpaceError("my.yaml", "widths.stem", 7, "unknown key 'x'")))
     assert isinstance(err, SpaceError) and str(err) == "my.yaml:7: widths.stem: unknown key 'x'" and err.line == 7
+
+
+BOMB = """family: resnet
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+"""
+
+
+@pytest.mark.parametrize("text, message, needle", [
+    (BOMB, "YAML anchors and aliases (&name, *name) are not allowed", "a: &a"),
+    (RESNET.replace("block: mobile", "block: mobile\nblock: plain"), "key 'block' is given twice", "block: plain          #"),
+    (RESNET.replace("blocks: 9 ", "blocks: 9" + "9" * 5000 + " "), "a value cannot be read", None),
+    (RESNET.replace("stem:  {choices: [16, 24,", "stem:  {choices: [1000000000, 24,"),
+     "1000000000 is too large; must be <= 4096", "stem:"),
+    (RESNET.replace("trunk: {choices: [16, 24, 32, 40, 48, 56, 64], scale: 4}",
+                    "trunk: {choices: [16, 24, 32, 40, 48, 56, 2048], scale: 4}"),
+     "choice 2048 x scale 4 = 8192 channels; at most 4096 channels per layer", "trunk:"),
+    (RESNET.replace("blocks: 9 ", "blocks: 100000 "), "100000 is too large; must be <= 64", "blocks:"),
+    (RESNET.replace("resolution: 256", "resolution: 65536"), "65536 is too large; must be <= 8192", "resolution:"),
+    (INCEPTION.replace("kernel_sizes: [1, 3, 5]", "kernel_sizes: [1, 3, 99]"), "99 is too large; must be <= 15",
+     "kernel_sizes:"),
+])
+def test_space_files_that_would_exhaust_the_machine_are_refused_in_one_line(text, message, needle):
+    err = error_for(text)
+    assert message in str(err) and "\n" not in str(err)
+    if needle is not None:
+        assert err.line == line_of(text, needle)
+
+
+def test_the_bounds_admit_real_generators(root):
+    # ESRGAN-sized: 23 blocks of 64 channels; the paper-sized built-in spaces
+    esrgan = RESNET.replace("blocks: 9 ", "blocks: 23 ")
+    assert parse_space(esrgan, file="esrgan.yaml", name="esrgan").blocks == 23
+    for name in ("resnet", "inception", "agd", "unet"):
+        load_space(name)
