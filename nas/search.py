@@ -32,7 +32,7 @@ from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_v
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text
 from nas.methods import Method, SearchContext, get_method, list_methods
-from nas.methods.base import QUALITIES, absolute_paths, resolve_space
+from nas.methods.base import QUALITIES, absolute_paths, check_range, resolve_space
 from nas.ray_session import check_address
 from nas.results import ResultsTable
 from spaces.errors import UserError
@@ -86,6 +86,15 @@ def prepare(options: SearchOptions) -> Method:
         raise UserError(f"--macs-convention must be one of {', '.join(CONVENTIONS)}")
     if options.trials < 1:
         raise UserError(f"--trials must be at least 1, got {options.trials}")
+    check_range(options, "seed", 0, 2**32 - 1)  # numpy's and Optuna's seeds
+    check_range(options, "gpus_per_trial", 0, None)
+    check_range(options, "cpus_per_trial", 0.01, None)
+    check_range(options, "max_failures", 0, None)
+    check_range(options, "latency_resolution", 16, None)
+    if options.gpus_per_trial > 0 and not check_address(options.address) and not torch.cuda.is_available():
+        # a local instance would wait for GPUs forever; a cluster may add GPU nodes on demand
+        raise UserError(f"--gpus-per-trial {options.gpus_per_trial:g}: this machine has no CUDA GPU and no cluster "
+                        "was given (--address); leave out --gpus-per-trial or run on a cluster with GPU nodes")
     if options.sampler not in SAMPLERS:
         raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}")
     if options.quality not in QUALITIES:

@@ -197,6 +197,9 @@ def test_a_node_loss_leaves_no_error_row_but_a_later_failure_does(tmp_path, tiny
     (["--budget=-2G"], "MACs must be a positive number"),
     (["--budget", "1M"], "budget 1M is below the smallest config of space 'tiny_inception' (1.757M MACs"),
     (["--budget", "1G", "--address", "127.0.0.1:1"], "no Ray cluster answers there"),
+    (["--budget", "1G", "--seed", "-1"], "--seed must be in [0, 4.29497e+09], got -1"),
+    (["--budget", "1G", "--gpus-per-trial", "-1"], "--gpus-per-trial must be at least 0, got -1"),
+    (["--budget", "1G", "--cpus-per-trial", "0"], "--cpus-per-trial must be at least 0.01, got 0"),
 ])
 def test_bad_input_fails_before_ray_starts(tmp_path, tiny_models, args, message):
     cmd = search_cmd(tiny_models, tmp_path / "run")
@@ -207,6 +210,14 @@ def test_bad_input_fails_before_ray_starts(tmp_path, tiny_models, args, message)
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert time.time() - began < 60 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the machine has a GPU")
+def test_gpus_asked_of_a_local_instance_without_any_fail_at_once(tmp_path, tiny_models):
+    # a local Ray instance would wait for a GPU forever; the search says so before Ray starts
+    done = run(search_cmd(tiny_models, tmp_path / "run") + ["--budget", "1G", "--gpus-per-trial", "0.5"])
+    assert done.returncode == 2 and "no CUDA GPU and no cluster was given" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
 
 
 def test_out_holding_another_run_is_refused(tmp_path, tiny_models):
