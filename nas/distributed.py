@@ -74,7 +74,7 @@ def world() -> tuple[int, int]:
 def global_mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of ``value`` over the ranks (itself outside a process group): for statistics of the global
     batch computed from each rank's slice of equal size. No gradient flows through it."""
-    rank, size = world()
+    _, size = world()
     if size == 1:
         return value
     total = value.detach().clone()
@@ -121,13 +121,11 @@ class _Progress:
 
     def __init__(self, queue: Any, step: int) -> None:
         self.queue, self.n = queue, step
-        self.postfix: dict[str, Any] = {}
 
     def update(self, count: int) -> None:
         self.n += count
 
     def set_postfix(self, **fields: Any) -> None:
-        self.postfix = fields
         self.queue.put(("progress", self.n, fields))
 
 

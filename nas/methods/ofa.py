@@ -13,7 +13,7 @@ import torch
 
 from evaluators.quality import reference
 from nas.checkpoint import load_supernet, read_training_record
-from nas.data import Task
+from nas.data import Task, load_task
 from nas.discriminator import discriminator_from
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
 from nas.methods.base import Candidate, Categorical, Method, Param, SearchContext, Trial, check_range
@@ -183,8 +183,6 @@ def supernet_calibration(supernet: Supernet, record: dict[str, Any], task: str |
     training size from ``task``, default the one it trained on); None for a supernet without batch norm."""
     if not has_batch_norm(supernet):
         return None
-    from nas.data import load_task
-
     crop = int(record.get("args", {}).get("crop", max(64, supernet.space.multiple)))
     return calibration_batches(load_task(task or record["task"]), crop=crop, device=device)
 
