@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.distributed import global_mean
+from nas.distributed import gather_batch, global_mean
 from spaces.supernet import ElasticConv2d
 
 # Weight of the (relative) feature distillation against the L1 reconstruction: the default of
@@ -163,7 +163,8 @@ class PointDistiller:
         student's output, for the discriminator's attention)."""
         pairs = list(zip(self._student.outputs, self._teacher.outputs))
         if self.kind == "gka":
-            return -torch.stack([kernel_alignment(s, t.detach()) for s, t in pairs]).sum()
+            # the alignment of the global batch's Gram matrices: data-parallel ranks gather each other's slices
+            return -torch.stack([kernel_alignment(gather_batch(s), gather_batch(t.detach())) for s, t in pairs]).sum()
         targets = [attention_map(t.detach()) for _, t in pairs]
         if self._disc is not None and student_out is not None:
             with torch.no_grad():

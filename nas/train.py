@@ -15,6 +15,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,50 +76,60 @@ def train_model(args: argparse.Namespace) -> Path:
         training = build(args, pick_device(args.device))
         return run_to_checkpoint(training, Path(args.out), resume=args.resume, stop_at=args.stop_at,
                                  progress=not args.no_progress)
-    from nas.distributed import Workers, check_workers, train_data_parallel
-    from nas.ray_session import check_address
+    from nas.ray_train import fit, model_loop
 
-    workers = Workers(args.workers, args.gpus_per_worker, check_address(args.address), args.storage)
-    check_workers(workers, args.batch_size)
+    workers = _workers(args, args.batch_size)
     # Built here once on the CPU, so that every argument and a --resume checkpoint are checked before Ray starts.
     training = build(args, torch.device("cpu"))
     out = Path(args.out)
     checkpoint = out / "checkpoint.pth"
-    record = None
+    resume = None
     if args.resume:
         if not checkpoint.is_file():
             raise UserError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
-        record = read_training_record(checkpoint)
-        training.restore(record, source=str(checkpoint))
+        training.restore(read_training_record(checkpoint), source=str(checkpoint))
+        resume = ({checkpoint.name: checkpoint.read_bytes()}, str(checkpoint))
     elif checkpoint.exists():
         raise UserError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     until = min(args.steps, args.stop_at) if args.stop_at else args.steps
-    return train_data_parallel(functools.partial(build, args), workers, out, until=until, resume=record,
-                               resume_source=str(checkpoint), label=training.objective.label, total=args.steps,
-                               initial=training.step, progress=not args.no_progress, name=f"nas-train-{args.what}")
+    fit(model_loop, {"build": functools.partial(build, args), "until": until}, workers, out, storage=out / "ray",
+        resume=resume, label=training.objective.label, total=args.steps, initial=training.step,
+        progress=not args.no_progress, name=f"nas-train-{args.what}")
+    return checkpoint
+
+
+def _workers(args: argparse.Namespace, batch_size: int) -> Any:
+    """``--workers`` and its options (a ``nas.ray_train.Workers``), checked before Ray starts."""
+    from nas.ray_session import check_address
+    from nas.ray_train import Workers, check_workers
+
+    workers = Workers(args.workers, args.gpus_per_worker, check_address(args.address), args.storage)
+    check_workers(workers, batch_size)
+    return workers
 
 
 def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
-    """One trial of a training method, alone: checkpoints in OUT/trial/, the export in OUT/student/."""
-    from nas.defaults import default_teacher, shipped_manifest
+    """One trial of a training method, alone: checkpoints in OUT/trial/, the export in OUT/student/; with
+    ``--workers``, the trial trains data-parallel on Ray Train."""
+    from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
     from nas.methods import get_method
-    from nas.methods.base import Candidate, Failed, SearchContext
-    from nas.defaults import DEFAULT_WEIGHTS
-    from tqdm import tqdm
+    from nas.methods.base import SearchContext
 
     method_class = get_method(args.method, "student")
     options = method_class.Options()
     options = method_class.fill_defaults(dataclass_from_args(method_class.Options, args, options), args.task,
                                          args.space, shipped_manifest(args.task), DEFAULT_WEIGHTS)
     budget = parse_budget(args.budget)
+    workers = _workers(args, options.batch_size) if args.workers else None
     out = Path(args.out)
     folder = out / "trial"
     if args.resume and not (folder.is_dir() and any(folder.iterdir())):
         raise UserError(f"--resume: no checkpoint in {folder}; start without --resume")
     if not args.resume and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty; pass --resume to continue it or choose another --out")
-    device = str(pick_device(args.device))
+    # data-parallel workers train on their own devices: here the trial is only built (and checked) on the CPU
+    device = "cpu" if workers else str(pick_device(args.device))
     context = SearchContext(method=args.method, task=args.task, teacher=default_teacher(args.task, args.teacher),
                             space=args.space, budget=budget, seed=args.seed, device=device, options=options)
     method = method_class(context)
@@ -127,30 +138,28 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
         raise UserError(f"budget {args.budget} is below the smallest config of space '{method.space.name}' "
                         f"({smallest / 1e9:.4g}G MACs); raise --budget")
     method.load()
-    trial = method.start(method.first_params()[0])
+    params = method.first_params()[0]
+    trial = method.start(params)
     if args.resume:
         trial.restore(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text("python -m nas.train " + " ".join(argv) + "\n")
-    bar = tqdm(total=trial.steps_total, initial=trial.steps_done, desc=args.method,
-               disable=not trial.steps_total or args.no_progress, dynamic_ncols=True)
-    while True:
-        result = trial.step()
-        trial.save(folder)
-        if isinstance(result, Failed):
-            bar.close()
-            raise UserError(result.message)
-        if isinstance(result, Candidate):
-            break
-        bar.update(result["step"] - bar.n)
-        bar.set_postfix(loss=f"{result['loss']:.4f}")
-        if args.stop_at and result["step"] >= args.stop_at:
-            bar.close()
-            print(f"stopped at step {result['step']} with a checkpoint in {folder}; continue with --resume")
-            return folder / "checkpoint.pth"
-    bar.close()
-    row = result.result()
-    report = method.export(row, folder / result.weights if result.weights else None, out / "student",
+    if workers:
+        from nas.ray_train import fit, pack, student_loop
+
+        ends = fit(student_loop, {"method": args.method, "context": context, "params": params, "until": args.stop_at},
+                   workers, folder, storage=out / "ray", resume=(pack(folder), str(folder)) if args.resume else None,
+                   label=args.method, total=trial.steps_total, initial=trial.steps_done,
+                   progress=not args.no_progress, name="nas-train-student")
+        if "failed" in ends:
+            raise UserError(ends["failed"])
+    else:
+        ends = _step_trial(trial, folder, args)
+    if "candidate" not in ends:
+        print(f"stopped at step {ends['stopped']} with a checkpoint in {folder}; continue with --resume")
+        return folder / "checkpoint.pth"
+    row = ends["candidate"]
+    report = method.export(row, folder / row["weights"] if row["weights"] else None, out / "student",
                            device="cpu", progress=not args.no_progress)
     (out / "candidate.json").write_text(json.dumps(row, indent=2) + "\n")
     share = row.get("share")
@@ -158,6 +167,31 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
           + (f", share of the teacher's gain {100 * share:.1f}%" if share is not None else "")
           + f"; exported to {out / 'student'} ({', '.join(report['files'].values())})")
     return out / "student" / "model.pth"
+
+
+def _step_trial(trial: Any, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The trial stepped in this process, saved to ``folder`` after every step, to its end (``candidate``:
+    its row) or to ``--stop-at`` (``stopped``: the step)."""
+    from tqdm import tqdm
+
+    from nas.methods.base import Candidate, Failed
+
+    bar = tqdm(total=trial.steps_total, initial=trial.steps_done, desc=args.method,
+               disable=not trial.steps_total or args.no_progress, dynamic_ncols=True)
+    try:
+        while True:
+            result = trial.step()
+            trial.save(folder)
+            if isinstance(result, Failed):
+                raise UserError(result.message)
+            if isinstance(result, Candidate):
+                return {"candidate": result.result()}
+            bar.update(result["step"] - bar.n)
+            bar.set_postfix(loss=f"{result['loss']:.4f}")
+            if args.stop_at and result["step"] >= args.stop_at:
+                return {"stopped": result["step"]}
+    finally:
+        bar.close()
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -230,6 +264,7 @@ def build_parser(method: str | None = None) -> Parser:
     st.add_argument("--out", required=True, help="folder for the trial's checkpoints (trial/) and the export (student/)")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_workers(st)
     _add_run(st)
     chosen = get_method(method or methods[0], "student")
     add_dataclass_arguments(st, chosen.Options, title=f"--method {chosen.name} options")

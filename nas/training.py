@@ -28,6 +28,7 @@ from torch import nn
 from nas.checkpoint import TRAIN_FORMAT, atomic_save, read_training_record
 from nas.data import Task, check_crop
 from nas.discriminator import lsgan_loss
+from nas.distributed import data_parallel, local_slice, world
 from spaces.errors import UserError
 
 
@@ -173,7 +174,10 @@ class Training:
         self.step, self.train_seconds = 0, 0.0
         self.metrics: dict[str, Any] = {}
         self.loss: float | None = None
-        self.shard = (0, 1)  # (rank, ranks): which equal slice of each global batch this process trains on
+        # (rank, ranks): which equal slice of each global batch this process trains on; inside a process
+        # group (a Ray Train worker) the objective is made data-parallel before its first step
+        self.shard = world()
+        self._parallel = self.shard[1] == 1
 
     @property
     def done(self) -> bool:
@@ -187,9 +191,7 @@ class Training:
         """This process's slice of the global batch of ``step`` (all of it on one process)."""
         s = self.settings
         x, y = self.task.batch(seed=s.seed, step=step, batch_size=s.batch_size, crop=s.crop)
-        rank, ranks = self.shard
-        part = slice(rank * s.batch_size // ranks, (rank + 1) * s.batch_size // ranks)
-        x, y = x[part], (y[part] if y is not None else None)
+        x, y = local_slice(x, self.shard), (local_slice(y, self.shard) if y is not None else None)
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
     def advance(self, until: int, *, on_checkpoint: Callable[[Training], None] | None = None,
@@ -198,6 +200,9 @@ class Training:
         and at the end, and call ``on_checkpoint`` every ``checkpoint_every`` steps and at ``until``."""
         s = self.settings
         until = min(until, s.steps)
+        if not self._parallel:  # after any restore: rank 0's state is broadcast to the others
+            data_parallel(self.objective, self.device)
+            self._parallel = True
         while self.step < until:
             began = time.perf_counter()
             lr = cosine_lr(s.lr, self.step, s.steps)

@@ -32,3 +32,15 @@ def tiny_models(tmp_path_factory):
     train.main(["supernet", "--space", str(ROOT / "tests/spaces/tiny_inception.yaml"), "--teacher", str(teacher),
                 "--out", str(root / "supernet"), *common])
     return teacher, root / "supernet" / "checkpoint.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory):
+    """A tiny inception network of its space's max config, trained for 3 steps: what prune prunes."""
+    from nas import train
+
+    out = tmp_path_factory.mktemp("source")
+    train.main(["teacher", "--space", str(ROOT / "tests/spaces/tiny_inception.yaml"), "--config", "max",
+                "--out", str(out), "--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "3", "--checkpoint-every", "3",
+                "--no-progress", "--device", "cpu"])
+    return out / "checkpoint.pth"

@@ -85,18 +85,6 @@ def test_a_target_below_the_smallest_pruned_network_fails_clearly():
         prune_config(space, groups, scores, 1e3)
 
 
-@pytest.fixture(scope="module")
-def tiny_source(tmp_path_factory):
-    """A tiny inception network of its space's max config, trained for 3 steps: what prune prunes."""
-    from nas import train
-
-    out = tmp_path_factory.mktemp("source")
-    train.main(["teacher", "--space", "tests/spaces/tiny_inception.yaml", "--config", "max", "--out", str(out),
-                "--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "3", "--checkpoint-every", "3",
-                "--no-progress", "--device", "cpu"])
-    return out / "checkpoint.pth"
-
-
 TINY_PRUNE = ["--steps", "4", "--checkpoint-every", "2", "--batch-size", "2", "--crop", "32"]
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.data import Split, Task, check_crop, load_task
+from nas.distributed import local_slice
 from nas.methods.base import (SearchContext, SearchThenTrainTrial, TargetMethod, TrainingTrial, check_range,
                               starting_point, with_shipped_supernet)
 from nas.methods.student import PrunedStudentObjective
@@ -286,7 +287,7 @@ class ArchitectureSearchObjective(Objective):
         s = self.settings
         noise = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
         xa, _ = self.arch_task.batch(seed=s.seed + 1, step=step, batch_size=s.batch_size, crop=s.crop)
-        xa = xa.to(self.device)
+        xa = local_slice(xa).to(self.device)  # a data-parallel rank's share, as the loop does with x
         with torch.no_grad():
             ta, tw = self.teacher(xa), self.teacher(x)
         # architecture step (first order: the weights as they are)

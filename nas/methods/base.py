@@ -162,8 +162,9 @@ class TrainingTrial(Trial):
         t = self.training
         if not t.done:
             t.advance(t.step + t.settings.checkpoint_every, evaluate=False)
-        if not t.done:
             return {"step": t.step, "steps": t.settings.steps, "loss": t.loss}
+        # judged in a step of its own: the trained student is saved first, and a data-parallel run's
+        # ranks other than 0 stop before it
         student, method = self.student.eval(), self.method
         self.candidate = Candidate(config=method.space.encode(self.config), cost=method.space.cost(self.config),
                                    quality=method.judge(student), latency_ms=method.latency(student),
