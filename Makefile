@@ -36,7 +36,7 @@ bench-overhead: venv
 COMPARE ?= f64b9f0
 
 test: venv
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q --durations=15
 
 test-slow: venv
 	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadgroup -q -m slow

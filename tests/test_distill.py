@@ -58,3 +58,52 @@ def test_loss_is_relative_to_the_teacher_features_scale(teacher):
             mapper.bias.mul_(100)
         after = distiller.loss().item()
     assert before > 0 and after == pytest.approx(before, rel=1e-4)
+
+
+def _kernel_alignment_gradients(rank, size, port, result):
+    """Rank ``rank`` of a gloo group: the gradient of CAT's kernel alignment of the gathered global batch,
+    averaged over the ranks as the training loop averages them."""
+    import torch.distributed as dist
+
+    from nas.distill import kernel_alignment
+    from nas.distributed import gather_batch, local_slice
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    try:
+        torch.manual_seed(0)
+        weight = torch.randn(5, 7, requires_grad=True)
+        x, y = torch.randn(8, 5), torch.randn(8, 3)
+        loss = -kernel_alignment(gather_batch(local_slice(x) @ weight), gather_batch(local_slice(y)))
+        loss.backward()
+        dist.all_reduce(weight.grad)
+        if rank == 0:
+            result.put((float(loss.detach()), (weight.grad / size).tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_loss_of_the_whole_batch_gets_the_full_batch_gradient_on_two_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from nas.distill import kernel_alignment
+
+    torch.manual_seed(0)
+    weight = torch.randn(5, 7, requires_grad=True)
+    x, y = torch.randn(8, 5), torch.randn(8, 3)
+    loss = -kernel_alignment(x @ weight, y)
+    loss.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    result = context.Queue()
+    mp.start_processes(_kernel_alignment_gradients, args=(2, port, result), nprocs=2, start_method="spawn")
+    two_loss, two_grad = result.get(timeout=60)
+    assert two_loss == pytest.approx(float(loss.detach()), abs=1e-6)
+    # each rank alone (its own half's alignment) would give another gradient: the gather is what makes it equal
+    assert torch.allclose(torch.tensor(two_grad), weight.grad, atol=1e-6)
+    half = weight.detach().clone().requires_grad_(True)
+    (-kernel_alignment(x[:4] @ half, y[:4])).backward()
+    assert not torch.allclose(half.grad, weight.grad, atol=1e-3)
