@@ -76,6 +76,38 @@ def safe_load(path: str | Path) -> Any:
         raise UserError(f"cannot read checkpoint {path}: it is damaged or not a PyTorch checkpoint ({first})") from None
 
 
+def _few(items: list[str], shown: int = 3) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def load_weights(module: nn.Module, state: Any, *, source: str, what: str) -> None:
+    """``module.load_state_dict(state)``, or one line saying what does not fit: not a dict of tensors, or
+    which keys are missing or unexpected and which shapes differ (torch's own message spans many lines)."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise UserError(f"{source}: its {what} is a {type(state).__name__}, not a state dict (names to tensors); "
+                        "the file is damaged or of another kind")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} instead of {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    problems = [f"{label} {_few(items)}" for label, items in
+                (("missing", missing), ("unexpected", unexpected), ("wrong shapes:", shapes)) if items]
+    if problems:
+        raise UserError(f"{source}: its {what} does not fit the network it describes ({'; '.join(problems)})")
+    module.load_state_dict(state)
+
+
+def record_field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], source: str) -> Any:
+    """``record[key]``, checked to be a ``kind``; one line when it is missing or of another type."""
+    value = record.get(key)
+    if not isinstance(value, kind):
+        found = "missing" if key not in record else f"a {type(value).__name__}"
+        raise UserError(f"{source} is damaged: its '{key}' is {found}; write it again with this project's commands")
+    return value
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` through a temporary file: never half-written."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -109,15 +141,13 @@ def save_generator(path: str | Path, module: nn.Module, space: SearchSpace, conf
 
 
 def generator_from_record(record: dict[str, Any], source: str) -> LoadedGenerator:
-    space = SearchSpace.from_text(record["space_yaml"], source=f"{source} (embedded space)",
-                                  name=record.get("space_name", "checkpoint"))
-    config = space.decode(record["config"])
+    space = SearchSpace.from_text(record_field(record, "space_yaml", str, source), source=f"{source} (embedded space)",
+                                  name=str(record.get("space_name", "checkpoint")))
+    config = space.decode(record_field(record, "config", str, source))
     module = space.build(config)
-    try:
-        module.load_state_dict(record["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {source} does not match its own config: {str(exc).splitlines()[0]}") from None
-    return LoadedGenerator(module.eval(), space, config, source, dict(record.get("meta") or {}))
+    load_weights(module, record.get("state_dict"), source=source, what="state dict")
+    meta = record.get("meta") or {}
+    return LoadedGenerator(module.eval(), space, config, source, dict(meta) if isinstance(meta, dict) else {})
 
 
 def load_generator(path: str | Path) -> LoadedGenerator:
@@ -147,7 +177,8 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     record = safe_load(path)
     if not isinstance(record, dict) or record.get("format") != TRAIN_FORMAT or record.get("kind") != "supernet":
         raise UserError(f"{path} is not a supernet checkpoint of nas.train supernet")
-    space = SearchSpace.from_text(record["space_yaml"], source=f"{path} (embedded space)", name=record["space_name"])
+    space = SearchSpace.from_text(record_field(record, "space_yaml", str, str(path)), source=f"{path} (embedded space)",
+                                  name=str(record.get("space_name", "supernet")))
     supernet = Supernet(space)
-    supernet.net.load_state_dict(record["supernet"])
+    load_weights(supernet.net, record.get("supernet"), source=str(path), what="supernet weights")
     return supernet.eval(), record

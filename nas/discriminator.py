@@ -39,23 +39,26 @@ def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
 def discriminator_from(source: str | None, out_channels: int, *, ndf: int) -> PatchDiscriminator:
     """A PatchGAN initialised from ``source``: a teacher's training checkpoint (its discriminator),
     a pix2pix ``*_net_D*.pth`` state dict, or nothing (fresh, ``ndf`` wide)."""
-    from nas.checkpoint import TRAIN_FORMAT, safe_load
+    from nas.checkpoint import TRAIN_FORMAT, load_weights, safe_load
     from spaces.errors import UserError
 
     state, config = None, {"ndf": ndf}
     if source:
         record = safe_load(source)
-        if isinstance(record, dict) and record.get("format") == TRAIN_FORMAT:
+        if not isinstance(record, dict):
+            raise UserError(f"discriminator {source} holds a {type(record).__name__}, not a PatchGAN state dict or a "
+                            "teacher's training checkpoint")
+        if record.get("format") == TRAIN_FORMAT:
             if record.get("discriminator"):
                 state, config = record["discriminator"], record.get("discriminator_config") or config
-        elif isinstance(record, dict):
+        else:
             state = record
-            config = {"ndf": record["model.0.weight"].shape[0]} if "model.0.weight" in record else config
+            weight = record.get("model.0.weight")
+            config = {"ndf": weight.shape[0]} if isinstance(weight, torch.Tensor) and weight.dim() == 4 else config
+        if not isinstance(config, dict) or not isinstance(config.get("ndf"), int) or not 1 <= config["ndf"] <= 4096:
+            raise UserError(f"discriminator {source}: its configuration {config!r} is not a PatchGAN's")
     disc = PatchDiscriminator(out_channels, ndf=config["ndf"], n_layers=config.get("n_layers", 3),
                               norm=config.get("norm", "instance"))
     if state is not None:
-        try:
-            disc.load_state_dict(state)
-        except RuntimeError as exc:
-            raise UserError(f"discriminator from {source} does not fit a PatchGAN: {str(exc).splitlines()[0]}") from None
+        load_weights(disc, state, source=f"discriminator {source}", what="state dict")
     return disc

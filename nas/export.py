@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nas.checkpoint import load_generator, save_generator
-from nas.files import atomic_write, atomic_write_text
+from nas.files import atomic_write, atomic_write_text, check_output_folder, staged_folder
 from nas.cli import Parser, run
 from nas.data import Task, check_crop, load_task
 from nas.checkpoint import load_supernet
@@ -69,26 +69,29 @@ def export_onnx(module: nn.Module, path: Path, channels: int) -> float:
 
 def export_generator(module: nn.Module, space: SearchSpace, config: Config, out: Path, *,
                      meta: dict[str, Any]) -> dict[str, Any]:
-    """Write model.pth, model.ts, model.onnx and export.json to ``out``; raise if a form disagrees."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write model.pth, model.ts, model.onnx and export.json to ``out``; raise if a form disagrees. The
+    files are written into a folder beside ``out`` that replaces it once all are checked: an interrupted
+    or failed export leaves ``out`` as it was, and running it again works."""
     module = module.cpu().eval()
     channels = space.spec.in_channels
     cost = space.cost(config)
-    save_generator(out / "model.pth", module, space, config, **meta)
-    report = {
-        "space": space.name, "config": space.encode(config), "resolution": space.resolution,
-        "macs": {"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, "params": cost.params,
-        "files": {"checkpoint": "model.pth", "torchscript": "model.ts", "onnx": "model.onnx"},
-        "max_abs_diff": {"torchscript": export_torchscript(module, out / "model.ts", channels),
-                         "onnx": export_onnx(module, out / "model.onnx", channels)},
-        "tolerance": {"torchscript": TORCHSCRIPT_TOLERANCE, "onnx": ONNX_TOLERANCE},
-        **meta,
-    }
-    for form, tolerance in report["tolerance"].items():
-        if report["max_abs_diff"][form] > tolerance:
-            raise UserError(f"exported {form} differs from the PyTorch subnet by {report['max_abs_diff'][form]:.2e} "
-                            f"(tolerance {tolerance:.0e}); the export in {out} is not trustworthy")
-    atomic_write_text(out / "export.json", json.dumps(report, indent=2) + "\n")
+    with staged_folder(out) as staging:
+        save_generator(staging / "model.pth", module, space, config, **meta)
+        report = {
+            "space": space.name, "config": space.encode(config), "resolution": space.resolution,
+            "macs": {"torchprofile": cost.torchprofile, "fvcore": cost.fvcore}, "params": cost.params,
+            "files": {"checkpoint": "model.pth", "torchscript": "model.ts", "onnx": "model.onnx"},
+            "max_abs_diff": {"torchscript": export_torchscript(module, staging / "model.ts", channels),
+                             "onnx": export_onnx(module, staging / "model.onnx", channels)},
+            "tolerance": {"torchscript": TORCHSCRIPT_TOLERANCE, "onnx": ONNX_TOLERANCE},
+            **meta,
+        }
+        for form, tolerance in report["tolerance"].items():
+            if report["max_abs_diff"][form] > tolerance:
+                raise UserError(f"exported {form} differs from the PyTorch subnet by "
+                                f"{report['max_abs_diff'][form]:.2e} (tolerance {tolerance:.0e}); nothing was "
+                                f"written to {out}")
+        atomic_write_text(staging / "export.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.finetune_steps < 0:
         raise UserError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
-    out = Path(args.out)
+    out = check_output_folder(args.out, "--out")
     if (out / "model.pth").exists():
         raise UserError(f"{out} already holds an export (model.pth); choose another --out or remove it")
     report = export_subnet(args.supernet, args.config, out, finetune_steps=args.finetune_steps, task=args.task,

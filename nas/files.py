@@ -1,11 +1,17 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one; and output paths
+checked before any work starts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
+
+from spaces.errors import UserError
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -25,3 +31,71 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write a set of files into; when the block ends it replaces
+    ``out`` as a whole (a reader sees the old folder or the new one, never part of one), and when the
+    block fails or is interrupted it is removed, leaving ``out`` as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private
+        try:
+            os.replace(staging, out)  # also over an empty folder
+        except OSError:  # a folder with files: set it aside, move the new one in, then drop the old one
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _writable(folder: Path) -> str | None:
+    """Why nothing can be created in the existing folder ``folder`` (None: it can)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=folder))
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(path: str | Path, flag: str) -> Path:
+    """Before any work: ``flag``'s ``path`` is a folder, or can be made one, and files can be written there.
+    Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, so no folder can be made there; choose another place")
+    reason = _writable(ancestor)
+    if reason:
+        raise UserError(f"{flag} {path}: nothing can be written in {ancestor} ({reason}); choose another place")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str) -> Path:
+    """Before any work: ``flag``'s ``path`` is a file that can be written (its folder made if missing)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    ancestor = _existing_ancestor(path.parent)
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, so nothing can be written under it; choose another place")
+    reason = _writable(ancestor)
+    if reason:
+        raise UserError(f"{flag} {path}: nothing can be written in {ancestor} ({reason}); choose another place")
+    return path

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.checkpoint import load_weights
 from nas.data import Task
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
 from nas.training import Objective, TrainSettings, Training, adam
@@ -61,8 +62,8 @@ class FinetuneObjective(Objective):
                 "optimizers": {"generator": self.opt.state_dict()}}
 
     def load_state(self, record: dict[str, Any]) -> None:
-        self.student.load_state_dict(record["student"])
-        self.distiller.mappers.load_state_dict(record["mappers"])
+        load_weights(self.student, record["student"], source="the checkpoint", what="student")
+        load_weights(self.distiller.mappers, record["mappers"], source="the checkpoint", what="distillation mappers")
         self.opt.load_state_dict(record["optimizers"]["generator"])
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from evaluators.quality import PROTOCOL, Reference, evaluate_on, reference
 from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_generator, safe_load
 from nas.cli import Parser, run
 from nas.data import Task, load_task
-from nas.files import atomic_write_text
+from nas.files import atomic_write_text, check_output_file
 from nas.methods.ofa import supernet_calibration
 from spaces.errors import UserError
 from spaces.supernet import Supernet
@@ -163,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.remeasure:
         if not args.manifest or args.checkpoint or args.out or args.name:
             raise UserError("--remeasure takes --manifest only (the manifest whose entries to measure again)")
-        remeasure(Path(args.manifest))
+        remeasure(check_output_file(args.manifest, "--manifest"))
         return 0
     missing = [f"--{k}" for k in ("checkpoint", "out", "name") if not getattr(args, k)]
     if missing:
         raise UserError(f"{', '.join(missing)} required (or --remeasure --manifest FILE)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    entry = publish(Path(args.checkpoint), out, args.name, Path(args.manifest) if args.manifest else out.parent / "manifest.json")
+    out = check_output_file(args.out, "--out")
+    manifest = check_output_file(args.manifest or out.parent / "manifest.json", "--manifest")
+    entry = publish(Path(args.checkpoint), out, args.name, manifest)
     print(json.dumps(entry, indent=2))
     return 0
 

@@ -198,7 +198,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     out = Path(options.out or f"runs/{options.method}-{Path(options.space).stem}-{format_macs(options.budget)}").resolve()
     check_out(out, resume)
     run_file = out / "run.json"
-    info: dict[str, Any] = json.loads(run_file.read_text()) if resume else {
+    info: dict[str, Any] = read_run_info(out) if resume else {
         "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumes": [], "rejected": 0,
         "repaired": 0, "protocol": PROTOCOL,
     }
@@ -226,32 +226,41 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
         info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
     info["status"] = "running"
     atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
-    attempt = 0
-    first = [] if resume or len(table) else method.first_params()
-    while len(table) < options.trials:
-        # Further rounds continue training trials that lost their node for good and replace lost cheap
-        # trials; a round that finishes nothing ends it.
-        before = len(table)
-        unfinished = records.unfinished(table) if method.trains else []
-        queue = [{**u["params"], "_resume": {"id": u["id"], "checkpoint": u["checkpoint"]}} for u in unfinished]
-        tag = f"{len(info['resumes'])}" + (f"-{attempt}" if attempt else "")
-        round_ = tune_trials(method, options, table, records, storage_path=storage_path, study_storage=study_storage,
-                             address=address, queue=queue + first,
-                             sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info["resumes"]),
-                                              options.trials),
-                             experiment=f"tune-{tag}", done=before)
-        first = []
-        info["rejected"] = info.get("rejected", 0) + round_.rejected
-        info["repaired"] = info.get("repaired", 0) + round_.repaired
-        info["lost"] = info.get("lost", 0) + round_.lost
-        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")  # a resume keeps these counts
-        attempt += 1
-        unfinished = records.unfinished(table) if method.trains else []
-        if (not round_.lost and not unfinished) or len(table) == before:
-            break
-    summary = finish(method, options, table, out)
-    info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
-    atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+    try:
+        attempt = 0
+        first = [] if resume or len(table) else method.first_params()
+        while len(table) < options.trials:
+            # Further rounds continue training trials that lost their node for good and replace lost cheap
+            # trials; a round that finishes nothing ends it.
+            before = len(table)
+            unfinished = records.unfinished(table) if method.trains else []
+            queue = [{**u["params"], "_resume": {"id": u["id"], "checkpoint": u["checkpoint"]}} for u in unfinished]
+            tag = f"{len(info['resumes'])}" + (f"-{attempt}" if attempt else "")
+            round_ = tune_trials(method, options, table, records, storage_path=storage_path, study_storage=study_storage,
+                                 address=address, queue=queue + first,
+                                 sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info["resumes"]),
+                                                  options.trials),
+                                 experiment=f"tune-{tag}", done=before)
+            first = []
+            info["rejected"] = info.get("rejected", 0) + round_.rejected
+            info["repaired"] = info.get("repaired", 0) + round_.repaired
+            info["lost"] = info.get("lost", 0) + round_.lost
+            atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")  # a resume keeps these counts
+            attempt += 1
+            unfinished = records.unfinished(table) if method.trains else []
+            if (not round_.lost and not unfinished) or len(table) == before:
+                break
+        summary = finish(method, options, table, out)
+        info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
+        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+    except BaseException as exc:  # the run's state says why it stopped; its rows and checkpoints are kept
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        info.update(status="interrupted" if interrupted else "failed", stopped=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+        if interrupted:
+            print(f"search interrupted after {len(table)} trial(s); continue it with: python -m nas.search --resume "
+                  f"--out {out}", file=sys.stderr, flush=True)
+        raise
     print_summary(options, method, table, out, info)
     return out
 
@@ -317,14 +326,11 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
                                                        "fid", "kid", "fid_images", "fid_real_images")}}
         best_dir = out / "best"
         report_file = best_dir / "export.json"
-        done = json.loads(report_file.read_text()) if report_file.is_file() else {}
+        done = _read_json(report_file) or {}  # missing or damaged (an interrupted run): exported again
         # (ofa fine-tunes the best subnet when it exports it; students trained per trial export as they are)
         finetune_steps = None if method.trains else getattr(options.method_options, "finetune_steps", None)
         if done.get("config") != row["config"] or done.get("finetune_steps") != finetune_steps \
                 or done.get("trial_id") != row["trial_id"]:
-            if best_dir.exists():
-                for f in best_dir.iterdir():
-                    f.unlink()
             began = time.perf_counter()
             report = method.export(row, _weights(row, out), best_dir, device=device, progress=options.progress)
             report["trial_id"] = row["trial_id"]
@@ -342,6 +348,14 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
     return {"best": best, "front": front.front_rows["config"].tolist(), "quality_metric": metric,
             "teacher_macs": teacher_macs, "teacher_val": teacher_ref.teacher.as_dict(),
             "baseline_val_psnr": teacher_ref.baseline.psnr if teacher_ref.baseline else None}
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None where it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _number(value: Any) -> float | None:
@@ -459,12 +473,24 @@ def build_parser(method: str = "ofa") -> Parser:
     return p
 
 
-def _stored_options(out: str) -> tuple[dict[str, Any], str]:
-    run_file = Path(out) / "run.json"
+def read_run_info(out: Path) -> dict[str, Any]:
+    """``out/run.json`` of a search to resume; one line where it is missing or damaged."""
+    run_file = out / "run.json"
     if not run_file.is_file():
         raise UserError(f"--resume: {out} holds no search (no run.json); start it without --resume")
-    stored = json.loads(run_file.read_text())["options"]
-    return stored, stored.get("method", "ofa")
+    info = _read_json(run_file)
+    if not isinstance(info, dict) or not isinstance(info.get("options"), dict):
+        raise UserError(f"--resume: {run_file} is damaged (not the JSON a search writes); the run cannot be resumed: "
+                        "start a new search in another --out")
+    return info
+
+
+def _stored_options(out: str) -> tuple[dict[str, Any], str]:
+    stored = read_run_info(Path(out))["options"]
+    method = stored.get("method", "ofa")
+    if not isinstance(method, str):
+        raise UserError(f"--resume: {Path(out) / 'run.json'} is damaged (its method is {method!r})")
+    return stored, method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,10 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         option_names = {f.name for f in fields(method_class.Options)}
         # (runs written before methods owned their options kept them with the others)
         saved = {**{k: v for k, v in stored.items() if k in option_names}, **(stored.get("method_options") or {})}
-        method_options = method_class.Options(**{k: v for k, v in saved.items() if k in option_names})
-        options = SearchOptions(**{**base_options, "address": args.address, "progress": not args.no_progress,
-                                   **({"trials": args.trials} if args.trials is not None else {}),
-                                   "method_options": dataclass_from_args(method_class.Options, args, method_options)})
+        try:
+            method_options = method_class.Options(**{k: v for k, v in saved.items() if k in option_names})
+            # the run is where --out says now (a copied or moved run folder resumes where it is)
+            options = SearchOptions(**{**base_options, "out": str(Path(known.out).resolve()), "address": args.address,
+                                       "progress": not args.no_progress,
+                                       **({"trials": args.trials} if args.trials is not None else {}),
+                                       "method_options": dataclass_from_args(method_class.Options, args,
+                                                                             method_options)})
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"--resume: the options stored in {Path(known.out) / 'run.json'} are damaged ({exc}); "
+                            "start a new search in another --out") from None
         run_search(options, resume=True, command=command)
         return 0
     budget = parse_budget(args.budget)

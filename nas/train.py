@@ -24,6 +24,7 @@ from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_v
 from nas.data import load_task
 from nas.device import pick_device
 from nas.distill import DISTILL_WEIGHT
+from nas.files import check_output_folder
 from nas.methods.ofa import SANDWICH, SANDWICH_PHASES, SupernetObjective, parse_sandwich
 from nas.teacher import TeacherObjective
 from nas.training import TrainSettings, Training, run_to_checkpoint
@@ -275,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     method = flag_value(argv, "--method") if argv[:1] == ["student"] else None
     args = build_parser(method).parse_args(argv)
+    check_output_folder(args.out, "--out")  # before anything is trained
     if args.what == "student":
         path = train_student(args, argv)
     else:

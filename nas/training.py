@@ -236,7 +236,15 @@ class Training:
     def restore(self, record: dict[str, Any], *, source: str = "checkpoint") -> None:
         """Continue from ``record`` (a checkpoint of the same objective, task and data settings)."""
         self.check_resumable(record, source)
-        self.objective.load_state(record)
+        try:
+            self.objective.load_state(record)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            # an optimizer state of other shapes, a missing entry: torch's messages span lines and name no file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--resume: {source} does not fit this run (damaged, or written by another version): "
+                            f"{type(exc).__name__}: {first}") from None
         self.step, self.train_seconds = int(record["step"]), float(record["train_seconds"])
         self.metrics = dict(record.get("metrics") or {})
 
@@ -306,8 +314,10 @@ class GeneratorObjective(Objective):
         }
 
     def load_state(self, record: dict[str, Any]) -> None:
-        self.generator.load_state_dict(record["generator"]["state_dict"])
+        from nas.checkpoint import load_weights
+
+        load_weights(self.generator, record["generator"]["state_dict"], source="the checkpoint", what="generator")
         self.opt_g.load_state_dict(record["optimizers"]["generator"])
         if self.disc is not None:
-            self.disc.load_state_dict(record["discriminator"])
+            load_weights(self.disc, record["discriminator"], source="the checkpoint", what="discriminator")
             self.opt_d.load_state_dict(record["optimizers"]["discriminator"])

@@ -583,6 +583,9 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
         # allow one pending trial per slot of the cluster.
         slots = _trial_slots(ray.cluster_resources(), options.cpus_per_trial, options.gpus_per_trial)
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2, slots)))
+        # Ctrl-C stops the search as an interruption (KeyboardInterrupt: run.json says "interrupted", exit
+        # 130, --resume continues it), not as Tune's graceful stop, which returns as if the search had ended.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         # Sampling runs on an in-memory study (samples over budget are cheap); evaluated trials are
         # copied into the run's SQLite study, which a resumed search loads back.
         mode = quality_mode(method)  # FID is minimised

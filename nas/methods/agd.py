@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.checkpoint import load_weights
 from nas.data import Split, Task, check_crop, load_task
 from nas.distributed import local_slice
 from nas.methods.base import (SearchContext, SearchThenTrainTrial, TargetMethod, TrainingTrial, check_range,
@@ -324,8 +325,8 @@ class ArchitectureSearchObjective(Objective):
                 "cost_weight": self.cost_weight, "cpu_seconds": self.cpu_seconds, "argmax_macs": self.argmax_macs}
 
     def load_state(self, record: dict[str, Any]) -> None:
-        self.supernet.net.load_state_dict(record["supernet"])
-        self.architecture.load_state_dict(record["architecture"])
+        load_weights(self.supernet.net, record["supernet"], source="the checkpoint", what="supernet")
+        load_weights(self.architecture, record["architecture"], source="the checkpoint", what="architecture")
         self.opt_w.load_state_dict(record["optimizers"]["weights"])
         self.opt_a.load_state_dict(record["optimizers"]["architecture"])
         self.cost_weight, self.cpu_seconds = record["cost_weight"], record["cpu_seconds"]

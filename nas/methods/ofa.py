@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from evaluators.quality import reference
-from nas.checkpoint import load_supernet, read_training_record
+from nas.checkpoint import load_supernet, load_weights, read_training_record
 from nas.data import Task, load_task
 from nas.discriminator import discriminator_from
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
@@ -149,11 +149,11 @@ class SupernetObjective(Objective):
         }
 
     def load_state(self, record: dict[str, Any]) -> None:
-        self.supernet.net.load_state_dict(record["supernet"])
-        self.distiller.mappers.load_state_dict(record["mappers"])
+        load_weights(self.supernet.net, record["supernet"], source="the checkpoint", what="supernet")
+        load_weights(self.distiller.mappers, record["mappers"], source="the checkpoint", what="distillation mappers")
         self.opt_g.load_state_dict(record["optimizers"]["generator"])
         if self.disc is not None:
-            self.disc.load_state_dict(record["discriminator"])
+            load_weights(self.disc, record["discriminator"], source="the checkpoint", what="discriminator")
             self.opt_d.load_state_dict(record["optimizers"]["discriminator"])
 
     def close(self) -> None:
