@@ -30,7 +30,7 @@ from evaluators.fid import MIN_IMAGES, WEIGHTS_FILE, noise_note
 from evaluators.quality import PROTOCOL, format_share, higher_is_better
 from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
-from nas.files import atomic_write_text
+from nas.files import atomic_write_text, check_output_folder
 from nas.methods import Method, SearchContext, get_method, list_methods
 from nas.methods.base import QUALITIES, absolute_paths, check_range, resolve_space
 from nas.ray_session import check_address
@@ -70,6 +70,7 @@ class SearchOptions:
 
 
 def check_out(out: Path, resume: bool) -> None:
+    check_output_folder(out, "--out")
     if resume:
         if not (out / "run.json").is_file():
             raise UserError(f"--resume: {out} holds no search (no run.json); start it without --resume")

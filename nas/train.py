@@ -138,6 +138,8 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     if budget < smallest:
         raise UserError(f"budget {args.budget} is below the smallest config of space '{method.space.name}' "
                         f"({smallest / 1e9:.4g}G MACs); raise --budget")
+    for note in method.notes():
+        print(f"note: {note}", flush=True)
     method.load()
     params = method.first_params()[0]
     trial = method.start(params)

@@ -36,7 +36,7 @@ from nas.checkpoint import load_weights
 from nas.data import Split, Task, check_crop, load_task
 from nas.distributed import local_slice
 from nas.methods.base import (SearchContext, SearchThenTrainTrial, TargetMethod, TrainingTrial, check_range,
-                              starting_point, with_shipped_supernet)
+                              inherited_space_note, starting_point, with_shipped_supernet)
 from nas.methods.student import PrunedStudentObjective
 from nas.training import Objective, TrainSettings, Training
 from spaces.errors import UserError
@@ -449,6 +449,9 @@ class AgdMethod(TargetMethod):
         check_crop(task, self.options.crop)
         self.weight_indices, self.arch_indices = split_by_image(task.train, context.seed)
         self.relaxed = RelaxedMacs(self._space, context.macs_convention)
+
+    def notes(self) -> list[str]:
+        return inherited_space_note(self._space, self.options.supernet, self.context) if self.init == "supernet" else []
 
     @classmethod
     def fill_defaults(cls, options: AgdOptions, task: str, space: str, shipped: dict[str, Any] | None,

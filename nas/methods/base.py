@@ -443,6 +443,17 @@ def starting_point(supernet: str | None, context: SearchContext) -> tuple[Search
     return resolve_space(context.space, context.task), None, "scratch"
 
 
+def inherited_space_note(space: SearchSpace, supernet: str, context: SearchContext) -> list[str]:
+    """Where a supernet decides the space: a note saying so when ``--space`` names another one."""
+    try:
+        asked = resolve_space(context.space, context.task)
+    except UserError:
+        asked = None
+    if asked is not None and asked.spec_text == space.spec_text:
+        return []
+    return [f"the space is '{space.name}', that of {supernet}; --space {context.space} is not used"]
+
+
 def resolve_space(name: str, task: str) -> SearchSpace:
     """``--space NAME`` on the embedded default is ``spaces/<task>/NAME.yaml``; a path works as it is."""
     from spaces.space import BUILTIN_DIR, builtin_spaces

@@ -46,6 +46,7 @@ from nas.methods.base import (
     TargetMethod,
     TrainingTrial,
     check_range,
+    inherited_space_note,
     starting_point,
     with_shipped_supernet,
 )
@@ -278,6 +279,9 @@ class DmaskMethod(TargetMethod):
         self.groups: dict[str, ChannelGroup] = channel_groups(self._space)
         if self._supernet_state is None and self._teacher_is_widest():
             self.init = "teacher"
+
+    def notes(self) -> list[str]:
+        return inherited_space_note(self._space, self.options.supernet, self.context) if self.init == "supernet" else []
 
     @classmethod
     def fill_defaults(cls, options: DmaskOptions, task: str, space: str, shipped: dict[str, Any] | None,

@@ -16,7 +16,8 @@ from nas.checkpoint import load_supernet, load_weights, read_training_record
 from nas.data import Task, load_task
 from nas.discriminator import discriminator_from
 from nas.distill import DISTILL_WEIGHT, distill_loss, make_distiller
-from nas.methods.base import Candidate, Categorical, Method, Param, SearchContext, Trial, check_range
+from nas.methods.base import (Candidate, Categorical, Method, Param, SearchContext, Trial, check_range,
+                              inherited_space_note)
 from nas.training import (
     CALIBRATION_BATCHES,
     Objective,
@@ -239,9 +240,10 @@ class OfaMethod(Method):
         return self._space
 
     def notes(self) -> list[str]:
+        notes = inherited_space_note(self._space, self.options.supernet, self.context)
         if self._space.spec.norm != "batch":
-            return []
-        return [f"batch norm: each subnet's running statistics are recalibrated on {CALIBRATION_BATCHES} batches of "
+            return notes
+        return notes + [f"batch norm: each subnet's running statistics are recalibrated on {CALIBRATION_BATCHES} batches of "
                 "training crops before it is judged or exported (as once-for-all does); the supernet's shared "
                 "statistics fit no subnet in particular"]
 

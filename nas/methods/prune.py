@@ -25,7 +25,7 @@ from torch import nn
 
 from nas.checkpoint import load_generator
 from nas.data import check_crop, load_task
-from nas.methods.base import SearchContext, TargetMethod, TrainingTrial, check_range
+from nas.methods.base import SearchContext, TargetMethod, TrainingTrial, check_range, inherited_space_note
 from nas.methods.student import PrunedStudentObjective
 from nas.training import TrainSettings, Training
 from spaces.channels import ChannelGroup, channel_groups, derive_config, inherit
@@ -186,6 +186,9 @@ class PruneMethod(TargetMethod):
         self.calibration, _ = task.batch(seed=context.seed, step=0, batch_size=options.batch_size, crop=options.crop)
         self.groups = channel_groups(self._space)
         self.scores, self.criterion = importance(source.module, self.groups, options.importance, self.calibration)
+
+    def notes(self) -> list[str]:
+        return inherited_space_note(self._space, self.options.source, self.context)
 
     @classmethod
     def fill_defaults(cls, options: PruneOptions, task: str, space: str, shipped: dict[str, Any] | None,
