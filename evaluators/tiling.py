@@ -10,6 +10,9 @@ whole image): the image is padded to that multiple and run whole.
 
 Padding is reflect padding, or edge replication where the pad is as large as the image's side
 (reflection cannot reach that far), e.g. a 100x100 photo padded to 256x256 for an 8-level U-Net.
+Images smaller than the smallest input the generator runs on (its own reflect pads need feature maps
+of a few pixels: 8x8 for the shipped sr4x teacher) are padded up to it, so any image of at least one
+pixel gives an output of its own size.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Geometry:
     multiple: int
     halo: int  # pixels of context on each side of a tile, >= the receptive-field radius, a multiple of ``multiple``
     tileable: bool  # False where norm statistics span the input (instance norm): run whole
+    min_side: int = 0  # the smallest padded side the generator runs on (a multiple of ``multiple``)
 
 
 def geometry(module: nn.Module, channels: int) -> Geometry:
@@ -44,7 +48,7 @@ def geometry(module: nn.Module, channels: int) -> Geometry:
     """
     declared = next((m for m in module.modules() if getattr(m, "whole_image", False)), None)
     if declared is not None:
-        return Geometry(multiple=declared.multiple, halo=0, tileable=False)
+        return Geometry(multiple=declared.multiple, halo=0, tileable=False, min_side=declared.multiple)
     records: list[tuple[int, int]] = []  # (kernel extent, input height)
 
     def hook(layer, inputs, _output):
@@ -67,12 +71,31 @@ def geometry(module: nn.Module, channels: int) -> Geometry:
     radius = sum(extent / 2 * PROBE_SIZE / h for extent, h in records)
     halo = math.ceil((radius + multiple) / multiple) * multiple
     tileable = not any(isinstance(m, _GLOBAL_NORMS) or "InstanceNorm" in type(m).__name__ for m in module.modules())
-    return Geometry(multiple=multiple, halo=halo, tileable=tileable)
+    return Geometry(multiple=multiple, halo=halo, tileable=tileable, min_side=_min_side(module, channels, multiple))
 
 
-def _pad_to(batch: torch.Tensor, multiple: int) -> torch.Tensor:
+def _min_side(module: nn.Module, channels: int, multiple: int) -> int:
+    """The smallest square side (a multiple of ``multiple``) the generator runs on: reflect pads inside it
+    need feature maps larger than the pad."""
+    was_training = module.training
+    device = next(module.parameters(), torch.empty(0)).device
+    try:
+        module.eval()
+        for side in range(multiple, PROBE_SIZE, multiple):
+            try:
+                with torch.no_grad():
+                    module(torch.zeros(1, channels, side, side, device=device))
+                return side
+            except RuntimeError:
+                continue
+    finally:
+        module.train(was_training)
+    return PROBE_SIZE
+
+
+def _pad_to(batch: torch.Tensor, multiple: int, min_side: int = 0) -> torch.Tensor:
     h, w = batch.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    pad_h, pad_w = max((-h) % multiple, min_side - h), max((-w) % multiple, min_side - w)
     if not (pad_h or pad_w):
         return batch
     mode = "reflect" if min(h, w) > max(pad_h, pad_w) else "replicate"
@@ -101,7 +124,7 @@ def run_image(module: nn.Module, image: torch.Tensor, *, tile: int | None = None
     """
     geo = geo or geometry(module, image.shape[0])
     h, w = image.shape[-2:]
-    batch = _pad_to(image[None].to(device), geo.multiple)
+    batch = _pad_to(image[None].to(device), geo.multiple, geo.min_side)
     ph, pw = batch.shape[-2:]
     if tile is None or not geo.tileable or (ph <= tile and pw <= tile):
         return module(batch)[0, :, :h, :w].float().cpu()

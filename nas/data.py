@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,12 +216,27 @@ def sr4x_task() -> Task:
                 notes={"split": "; ".join(f"{k}: {', '.join(v)}" for k, v in SR4X_SPLIT.items())})
 
 
+# Pillow's modes of 16-bit (and 32-bit integer) greyscale images: its RGB conversion would clip them to white.
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def rgb8(image: Any) -> np.ndarray:
+    """uint8 H x W x 3 of a Pillow image of any mode; 16-bit greyscale scaled to 8 bits (65535 -> 255)."""
+    if image.mode in _WIDE_GREY:
+        grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
 def read_image(path: Path) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return to_tensor(np.asarray(image.convert("RGB")))
+            return to_tensor(rgb8(image))
+    except Image.DecompressionBombError:
+        raise UserError(f"cannot read image {path}: it claims more pixels than Pillow decodes "
+                        f"({Image.MAX_IMAGE_PIXELS * 2:,}); remove or replace the file") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc.__class__.__name__}; remove or replace the file") from None
 
