@@ -36,6 +36,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from nas.cli import Parser, at_least, run  # noqa: E402
+from nas.files import check_output_folder  # noqa: E402
+
 WHEELS = ("jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "referencing==0.37.0", "rpds-py==2026.9.1")
 NOT_NEEDED = ("ray", "optuna", "fvcore", "torchprofile", "plotly")  # must not be imported on these paths
 
@@ -458,13 +461,15 @@ def run_all(s: CheckSettings, names: list[str], argv: list[str], timeout_scale: 
     return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench/gpu_check.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="bench/gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(CheckSettings):
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+        # counts are at least 1 (resume_stop and warmup: 0 allowed)
+        kind = at_least(0 if f.name in ("warmup", "resume_stop") else 1) if type(f.default) is int else type(f.default)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     p.add_argument("--only", help=f"comma-separated steps (default all: {','.join(STEPS)})")
-    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every step's timeout (slow machines)")
+    p.add_argument("--timeout-scale", type=at_least(1e-6, float), default=1.0,
+                   help="multiply every step's timeout (slow machines)")
     p.add_argument("--run-step", help=argparse.SUPPRESS)
     return p
 
@@ -473,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     s = CheckSettings(**{f.name: getattr(args, f.name) for f in fields(CheckSettings)})
+    check_output_folder(s.out, "--out")
     if args.run_step:
         run_step(args.run_step, s)
         return 0
@@ -491,4 +497,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

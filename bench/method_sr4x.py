@@ -27,16 +27,19 @@ from evaluators.quality import evaluate_on, format_share, reference
 from nas.checkpoint import load_generator
 from nas.data import load_task
 from nas.defaults import default_teacher
+from nas.cli import Parser, at_least, run
+from nas.files import check_output_folder
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="kd", choices=("kd", "prune", "dmask", "agd"))
     p.add_argument("--space", default="resnet")
     p.add_argument("--budget", default="0.5G")
-    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--trials", type=at_least(1), default=2)
     p.add_argument("--out", help="the search's folder (default runs/bench_METHOD)")
-    args, method_flags = p.parse_known_args()
+    args, method_flags = p.parse_known_args(argv)
+    check_output_folder(args.out or f"runs/bench_{args.method}", "--out")
     out = Path(args.out or f"runs/bench_{args.method}")
     command = [sys.executable, "-m", "nas.search", "--method", args.method, "--space", args.space, "--budget",
                args.budget, "--trials", str(args.trials), "--out", str(out), "--no-progress", *method_flags]
@@ -71,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,21 +20,24 @@ from pathlib import Path
 from evaluators.quality import MIN_TEACHER_GAIN_DB, evaluate_on, format_share, reference
 from nas.checkpoint import load_generator
 from nas.data import load_task
-from nas.files import atomic_write_text
+from nas.files import atomic_write_text, check_output_file
 from nas.export import FINETUNE_LR, finetune_subnet
 from nas.checkpoint import load_supernet
+from nas.cli import Parser, at_least, run
 from ofa_sr4x import pick_subnet
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights/sr4x")
     p.add_argument("--family", default="resnet")
-    p.add_argument("--fraction", type=int, default=10)
-    p.add_argument("--steps", type=int, nargs="+", default=[0, 250, 500, 1000, 2000])
-    p.add_argument("--lr", type=float, default=FINETUNE_LR, help=f"fine-tuning learning rate (default {FINETUNE_LR:g})")
+    p.add_argument("--fraction", type=at_least(1), default=10)
+    p.add_argument("--steps", type=at_least(0), nargs="+", default=[0, 250, 500, 1000, 2000])
+    p.add_argument("--lr", type=at_least(1e-12, float), default=FINETUNE_LR, help=f"fine-tuning learning rate (default {FINETUNE_LR:g})")
     p.add_argument("--json", help="also write the rows here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
     weights = Path(args.weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     task = load_task("sr4x")
@@ -67,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

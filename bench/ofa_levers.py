@@ -24,9 +24,10 @@ from evaluators.quality import MIN_TEACHER_GAIN_DB, evaluate_on, format_share, r
 from nas.checkpoint import load_generator, safe_load
 from nas.data import load_task
 from nas.export import finetune_subnet
-from nas.files import atomic_write_text
+from nas.files import atomic_write_text, check_output_file, check_output_folder
 from nas.checkpoint import load_supernet
 from nas.methods.ofa import FINETUNE_STEPS
+from nas.cli import Parser, at_least, run
 from ofa_sr4x import pick_subnet
 
 BASE = ["supernet", "--space", "spaces/sr4x/resnet.yaml", "--teacher", "weights/sr4x/teacher.pth", "--method", "ofa",
@@ -60,18 +61,21 @@ def train_lever(name: str, out: Path) -> Path:
     return checkpoint
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
     p.add_argument("--out", default="runs/levers")
-    p.add_argument("--fraction", type=int, default=10)
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--fraction", type=at_least(1), default=10)
+    p.add_argument("--finetune-steps", type=at_least(0), default=FINETUNE_STEPS)
     p.add_argument("--evaluate-only", action="store_true", help="measure the runs that are there, train nothing")
     p.add_argument("--retrain-base", action="store_true",
                    help=f"train base too (default: {SHIPPED_BASE}, which its command made: training is a function "
                         "of seed and step)")
     p.add_argument("--json", help="also write the rows here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
+    check_output_folder(args.out, "--out")
     out = Path(args.out)
     levers = ["base", *[lever for lever in args.levers if lever != "base"]]
     task = load_task("sr4x")
@@ -123,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -42,8 +42,9 @@ from nas import train
 from nas.checkpoint import load_generator, load_supernet
 from nas.data import SR_SCALE, Task, load_task, photo, to_tensor, upscale
 from nas.export import finetune_subnet
-from nas.files import atomic_write_text
+from nas.files import atomic_write_text, check_output_file, check_output_folder
 from nas.methods.ofa import FINETUNE_STEPS
+from nas.cli import Parser, at_least, run
 
 FRACTIONS = (4, 10, 20)
 
@@ -110,18 +111,21 @@ def print_per_image(title: str, ref: Reference, students: dict[str, Quality]) ->
         print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{f'{q.psnr:.2f} ({format_share(q.share)})':>22}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights/sr4x")
     p.add_argument("--families", nargs="+", default=["resnet", "inception"])
-    p.add_argument("--finetune-steps", type=int, default=FINETUNE_STEPS, help="as nas.search's default")
-    p.add_argument("--scratch-steps", type=int, help="default: the supernet's steps plus --finetune-steps")
-    p.add_argument("--candidates", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-steps", type=at_least(0), default=FINETUNE_STEPS, help="as nas.search's default")
+    p.add_argument("--scratch-steps", type=at_least(1), help="default: the supernet's steps plus --finetune-steps")
+    p.add_argument("--candidates", type=at_least(1), default=6)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--json", help="also write the rows here")
-    p.add_argument("--threads", type=int, nargs="+", default=[1], help="CPU threads of the latency runs")
+    p.add_argument("--threads", type=at_least(1), nargs="+", default=[1], help="CPU threads of the latency runs")
     p.add_argument("--scratch-out", default="runs/bench_ofa_scratch", help="where the from-scratch models are trained")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
+    check_output_folder(args.scratch_out, "--scratch-out")
     weights = Path(args.weights)
     manifest = json.loads((weights / "manifest.json").read_text())
     task = load_task("sr4x")
@@ -196,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,6 +19,7 @@ import torch
 from nas.methods.prune import importance, prune_config
 from spaces.channels import channel_groups, widest_generator
 from spaces.space import BUILTIN_DIR, SearchSpace
+from nas.cli import Parser, at_least, run
 
 PUBLISHED = (("inception", 2.6e9, {}, "CAT, horse2zebra"),
              ("resnet", 3.97e9, {"block: mobile": "block: plain"}, "DMAD, horse2zebra"))
@@ -42,10 +43,10 @@ def random_gammas(space: SearchSpace, seed: int = 0) -> torch.nn.Module:
     return network
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=3)
-    args = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=at_least(1), default=3)
+    args = p.parse_args(argv)
     for name, target, changes, source in PUBLISHED:
         space = published_space(name, **changes)
         groups = channel_groups(space)
@@ -60,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

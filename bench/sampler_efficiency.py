@@ -20,6 +20,7 @@ import pandas as pd
 from evaluators.macs import parse_macs
 from nas.methods.ofa import OfaOptions
 from nas.search import SAMPLERS, SearchOptions, run_search
+from nas.cli import Parser, at_least, run
 
 
 def hypervolume(points: np.ndarray, reference: tuple[float, float]) -> float:
@@ -34,13 +35,13 @@ def hypervolume(points: np.ndarray, reference: tuple[float, float]) -> float:
     return volume
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", default="inception")
     p.add_argument("--budget", default="1G")
-    p.add_argument("--trials", type=int, default=40)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = p.parse_args()
+    p.add_argument("--trials", type=at_least(1), default=40)
+    p.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
+    args = p.parse_args(argv)
     budget = parse_macs(args.budget)
     runs: dict[str, list[pd.DataFrame]] = {s: [] for s in SAMPLERS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from nas.cli import Parser, at_least, run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "3", "--checkpoint-every", "3",
@@ -144,17 +145,17 @@ def shipped_main(args: argparse.Namespace) -> None:
     print(f"{'nas.search, incl. Ray start-up':<34}{len(table) / total:>14.3f}{len(table) / total / loop:>8.2f}")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--window", type=int, default=100)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=at_least(1), default=2000)
+    p.add_argument("--repeats", type=at_least(1), default=3)
+    p.add_argument("--window", type=at_least(1), default=100)
     p.add_argument("--compare", help="a git revision whose search to time beside this code's")
-    p.add_argument("--compare-trials", type=int, default=200)
+    p.add_argument("--compare-trials", type=at_least(1), default=200)
     p.add_argument("--shipped", action="store_true", help="the loop comparison on the shipped supernet")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     shipped_main(args) if args.shipped else flat_main(args)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

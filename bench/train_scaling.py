@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from nas.cli import Parser, at_least, run
+from nas.files import check_output_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,19 +50,21 @@ def timed(cmd: list[str], threads: int) -> float:
     return time.perf_counter() - began
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--what", default="supernet", choices=["teacher", "supernet"])
-    p.add_argument("--steps", type=int, default=60, help="timed steps (after the warm-up)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the cores shared by the workers")
-    p.add_argument("--gpus-per-worker", type=float, default=0)
+    p.add_argument("--steps", type=at_least(1), default=60, help="timed steps (after the warm-up)")
+    p.add_argument("--warmup", type=at_least(0), default=5)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--crop", type=at_least(4), default=64)
+    p.add_argument("--workers", type=at_least(1), nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=at_least(1), default=os.cpu_count() or 2, help="the cores shared by the workers")
+    p.add_argument("--gpus-per-worker", type=at_least(0, float), default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="write the figures here too")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "--json")
     args.steps += args.warmup
     rows = []
     for workers in args.workers:
@@ -86,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -86,7 +86,7 @@ def _min_side(module: nn.Module, channels: int, multiple: int) -> int:
                 with torch.no_grad():
                     module(torch.zeros(1, channels, side, side, device=device))
                 return side
-            except RuntimeError:
+            except (RuntimeError, ValueError):  # a pad wider than its input; an instance norm of one pixel
                 continue
     finally:
         module.train(was_training)

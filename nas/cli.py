@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 from spaces.errors import UserError
 
@@ -29,6 +30,22 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], Any]:
+    """An argparse ``type``: a finite ``kind`` (int or float) of at least ``low``; anything else is refused in
+    one line naming the flag."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: give a number of at least {low:g}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
