@@ -26,8 +26,8 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was written is whole; the command may say how to go on
+        print(str(exc) or "interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
 

@@ -73,7 +73,7 @@ BUILDERS = {"teacher": build_teacher, "supernet": build_supernet}
 def train_model(args: argparse.Namespace) -> Path:
     """``nas.train teacher|supernet``: in this process, or data-parallel on Ray Train with ``--workers``."""
     build = BUILDERS[args.what]
-    if not args.workers:
+    if args.workers is None:
         training = build(args, pick_device(args.device))
         return run_to_checkpoint(training, Path(args.out), resume=args.resume, stop_at=args.stop_at,
                                  progress=not args.no_progress)
@@ -122,7 +122,7 @@ def train_student(args: argparse.Namespace, argv: list[str]) -> Path:
     options = method_class.fill_defaults(dataclass_from_args(method_class.Options, args, options), args.task,
                                          args.space, shipped_manifest(args.task), DEFAULT_WEIGHTS)
     budget = parse_budget(args.budget)
-    workers = _workers(args, options.batch_size) if args.workers else None
+    workers = _workers(args, options.batch_size) if args.workers is not None else None
     out = Path(args.out)
     folder = out / "trial"
     if args.resume and not (folder.is_dir() and any(folder.iterdir())):
@@ -279,13 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     method = flag_value(argv, "--method") if argv[:1] == ["student"] else None
     args = build_parser(method).parse_args(argv)
     check_output_folder(args.out, "--out")  # before anything is trained
-    if args.what == "student":
-        path = train_student(args, argv)
-    else:
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            if getattr(args, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-        path = train_model(args)
+    try:
+        if args.what == "student":
+            path = train_student(args, argv)
+        else:
+            for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
+                if getattr(args, name) < 1:
+                    raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+            path = train_model(args)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the last checkpoint in {args.out} is whole: run the same command with "
+                                "--resume to continue") from None
     print(f"checkpoint: {path}")
     return 0
 

@@ -215,9 +215,9 @@ class OfaMethod(Method):
             raise UserError("--method ofa needs a trained supernet (--supernet CKPT, from nas.train supernet)")
         if not Path(path).exists():
             raise UserError(f"--supernet {path} not found")
-        record = read_training_record(path, kind="supernet")  # says what the file is when it is not one
-        self._space = SearchSpace.from_text(record["space_yaml"], source=f"{path} (embedded space)",
-                                            name=record["space_name"])
+        read_training_record(path, kind="supernet")  # says what the file is when it is not one
+        # loaded once here, where a damaged file is one line, rather than in every trial
+        self._space = load_supernet(path)[0].space
         self.supernet = None
         self.calibration: list[torch.Tensor] | None = None
 
