@@ -386,3 +386,40 @@ def test_a_search_by_fid_minimises_it_end_to_end(tmp_path, tiny_models):
     assert "images (gen/real)" in done.stdout and "noisy" in done.stdout and "share" not in done.stdout
     html = (out / "pareto.html").read_text()
     assert "val FID, 5 generated vs 5 real images (lower is better)" in html
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_search_interrupted_and_a_copy_resumes_where_it_is(tmp_path, tiny_models):
+    """Ctrl-C: exit 130, run.json "interrupted", the resume command printed; the run folder copied elsewhere
+    resumes there (--out, not the folder stored in run.json) and leaves the original as it was."""
+    import shutil
+
+    teacher, _ = tiny_models
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas.search", "--method", "kd", "--space", "tests/spaces/tiny_resnet.yaml", "--teacher",
+         str(teacher), "--budget", "3M", "--trials", "4", "--out", str(out), "--no-progress", "--steps", "40",
+         "--checkpoint-every", "10", "--batch-size", "2", "--crop", "32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    began = time.monotonic()
+    while proc.poll() is None and time.monotonic() - began < 300:
+        if (out / "trials.csv").exists() and len((out / "trials.csv").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"continue it with: python -m nas.search --resume --out {out}" in err
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "interrupted" and len(pd.read_csv(out / "trials.csv")) < 4
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")}
+    files_before = sorted(out.rglob("*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    done = subprocess.run([sys.executable, "-m", "nas.search", "--resume", "--out", str(copy), "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = json.loads((copy / "run.json").read_text())
+    assert resumed["status"] == "finished" and len(pd.read_csv(copy / "trials.csv")) == 4
+    assert (copy / "best" / "export.json").is_file()
+    assert {p: p.read_bytes() for p in before} == before and sorted(out.rglob("*")) == files_before  # untouched
