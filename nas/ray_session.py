@@ -24,12 +24,43 @@ def check_address(address: str | None) -> str | None:
     target = address.removeprefix("ray://")
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3):
-            pass
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=3) as connection:
+            speaks_http = _answers_http(connection)
     except (OSError, ValueError):
         raise UserError(f"--address {address}: no Ray cluster answers there; check the address "
                         "(host:port of the head node, e.g. 127.0.0.1:6379) or leave out --address") from None
+    if speaks_http:  # Ray would wait for it forever
+        raise UserError(f"--address {address} answers HTTP (the Ray dashboard's or a job server's port, e.g. 8265), "
+                        "not the cluster's GCS; give the head node's GCS address (host:6379) or ray://host:10001")
     return address
+
+
+def _answers_http(connection: socket.socket) -> bool:
+    """Whether the server behind ``connection`` answers an HTTP/1.0 request as an HTTP server (Ray's GCS and
+    client servers speak gRPC over HTTP/2, which answers it with a binary frame or not at all)."""
+    try:
+        connection.settimeout(2)
+        connection.sendall(b"GET / HTTP/1.0\r\nHost: ray\r\n\r\n")
+        return connection.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def check_cluster_gpus(gpus: float, address: str) -> None:
+    """After connecting to a cluster: refuse trials asking ``gpus`` GPUs each where no node has them now and
+    the autoscaler's node types can never add them (Tune would wait forever)."""
+    import ray
+    from ray._private import state  # the cluster config's limits, as Ray Train reads them
+
+    if gpus <= 0 or ray.cluster_resources().get("GPU", 0) >= gpus:
+        return
+    most = state.state.get_max_resources_from_cluster_config()
+    if most is not None and most.get("GPU", 0) >= gpus:
+        return  # the autoscaler adds GPU nodes on demand
+    can = "its autoscaler's node types offer at most {:g}".format(most.get("GPU", 0)) if most is not None else \
+        "it has no autoscaler to add GPU nodes"
+    raise UserError(f"--gpus-per-trial {gpus:g}: the cluster at {address} has {ray.cluster_resources().get('GPU', 0):g} "
+                    f"GPU(s) now and {can}; add GPU nodes or leave out --gpus-per-trial")
 
 
 def start_ray(address: str | None, *, log_to_driver: bool = False) -> bool:

@@ -37,7 +37,7 @@ from evaluators.quality import higher_is_better
 from nas.files import atomic_write_text
 from nas.methods import Candidate, Method, SearchContext, get_method
 from nas.methods.base import Categorical, Failed, LogUniform
-from nas.ray_session import start_ray
+from nas.ray_session import check_cluster_gpus, start_ray
 from nas.results import ResultsTable, now, row_from_result
 
 # A sample over the budget is rejected this many times at most, then the last one is repaired
@@ -578,6 +578,13 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started_here = start_ray(address)
+    if address:
+        try:
+            check_cluster_gpus(options.gpus_per_trial, address)
+        except BaseException:
+            if started_here:
+                ray.shutdown()
+            raise
     try:
         # Tune keeps one trial pending when a searcher is used, which lets a reused actor sit idle:
         # allow one pending trial per slot of the cluster.

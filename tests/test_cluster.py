@@ -61,6 +61,19 @@ def test_search_as_a_ray_job_on_a_head_node(tmp_path, tiny_models):
         assert "succeeded" in job.stdout.lower()
         table = pd.read_csv(out / "trials.csv")
         assert len(table) == 3 and (table["status"] == "ok").all()
+        search = [sys.executable, "-m", "nas.search", "--space", str(ROOT / "tests/spaces/tiny_inception.yaml"),
+                  "--budget", "30M", "--teacher", str(teacher), "--supernet", str(supernet), "--trials", "1",
+                  "--no-progress"]
+        # the dashboard's port is not the cluster's: one line at once instead of a search waiting forever
+        wrong = subprocess.run([*search, "--out", str(tmp_path / "wrong"), "--address", f"127.0.0.1:{dashboard}"],
+                               capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+        assert wrong.returncode == 2 and "answers HTTP" in wrong.stderr, wrong.stderr[-2000:]
+        assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "wrong").exists()
+        # GPUs this cluster has not and cannot get (no autoscaler): refused once connected
+        gpus = subprocess.run([*search, "--out", str(tmp_path / "gpus"), "--address", f"127.0.0.1:{port}",
+                               "--gpus-per-trial", "1"], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        assert gpus.returncode == 2 and "has 0 GPU(s) now and it has no autoscaler" in gpus.stderr, gpus.stderr[-2000:]
+        assert "Traceback" not in gpus.stderr
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
