@@ -81,6 +81,36 @@ def test_apply_upscales_sr_inputs_and_skips_unreadable_files(tmp_path, trained, 
     assert "broken.png" in capsys.readouterr().err
 
 
+def test_apply_handles_tiny_16_bit_huge_and_same_named_images(tmp_path, trained, capsys):
+    """A 1x1 image, a 16-bit greyscale one, a header claiming 100000x100000 pixels, and x.png beside x.jpg:
+    outputs for the first two (of their own sizes, 16 bits scaled, not clipped), the third skipped by name,
+    and the last two under names that do not collide."""
+    import struct
+    import zlib
+
+    teacher, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((1, 1, 3), 128, np.uint8)).save(inputs / "dot.png")
+    Image.fromarray(np.full((12, 12), 32896, np.uint16)).save(inputs / "grey16.png")  # 32896 / 257 = 128
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (inputs / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0,
+                                                                                       0, 0)) + chunk(b"IEND", b""))
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(inputs / "x.png")
+    Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save(inputs / "x.jpg")
+    assert apply_cli.main(["--model", str(teacher), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 0
+    out = {p.name: np.asarray(Image.open(p)) for p in (tmp_path / "out").iterdir()}
+    assert sorted(out) == ["dot.png", "grey16.png", "x.jpg.png", "x.png.png"]
+    assert out["dot.png"].shape == (4, 4, 3) and out["grey16.png"].shape == (48, 48, 3)
+    assert 60 < out["grey16.png"].mean() < 200  # mid-grey in, not white (255) as a clipping conversion gives
+    assert out["x.png.png"].mean() > out["x.jpg.png"].mean() + 50  # each output is its own input's
+    err = capsys.readouterr().err
+    assert "huge.png: it claims more pixels than Pillow decodes" in err
+
+
 def test_apply_export_folder_and_single_image(tmp_path, trained):
     _, supernet_path = trained
     export_cli.main(["--supernet", str(supernet_path), "--config", "max", "--out", str(tmp_path / "export")])
@@ -88,7 +118,7 @@ def test_apply_export_folder_and_single_image(tmp_path, trained):
     Image.fromarray(np.zeros((20, 24, 3), dtype=np.uint8)).save(image)
     apply_cli.main(["--model", str(tmp_path / "export"), "--input", str(image), "--output", str(tmp_path / "out")])
     assert Image.open(tmp_path / "out" / "photo.png").size == (96, 80)
-    with pytest.raises(UserError, match="is the input folder"):
+    with pytest.raises(UserError, match="is in the input folder"):
         apply_cli.main(["--model", str(tmp_path / "export"), "--input", str(image), "--output", str(tmp_path)])
 
 
