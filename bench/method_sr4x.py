@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     if not (out / "run.json").exists() or json.loads((out / "run.json").read_text()).get("status") != "finished":
         began = time.perf_counter()
         resume = ["--resume"] if (out / "run.json").exists() else []
-        subprocess.run(command[:3] + ["--out", str(out), "--resume", "--no-progress"] if resume else command,
-                       check=True)
+        done = subprocess.run(command[:3] + ["--out", str(out), "--resume", "--no-progress"] if resume else command)
+        if done.returncode:  # the search said why (one line for bad input): stop with its code
+            raise SystemExit(done.returncode)
         print(f"search: {time.perf_counter() - began:.0f} s wall")
     print("command: python -m nas.search " + " ".join(command[3:]))
     table = pd.read_csv(out / "trials.csv", dtype={"trial_id": str, "config": str, "details_json": str})

@@ -45,6 +45,7 @@ from nas.export import finetune_subnet
 from nas.files import atomic_write_text, check_output_file, check_output_folder
 from nas.methods.ofa import FINETUNE_STEPS
 from nas.cli import Parser, at_least, run
+from spaces.errors import UserError
 
 FRACTIONS = (4, 10, 20)
 
@@ -127,7 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         check_output_file(args.json, "--json")
     check_output_folder(args.scratch_out, "--scratch-out")
     weights = Path(args.weights)
+    if not (weights / "manifest.json").is_file():
+        raise UserError(f"--weights {weights} holds no manifest.json (the shipped weights are in weights/sr4x)")
     manifest = json.loads((weights / "manifest.json").read_text())
+    unknown = [f for f in args.families if f"supernet_{f}" not in manifest]
+    if unknown:
+        shipped = sorted(k.removeprefix("supernet_") for k in manifest if k.startswith("supernet_"))
+        raise UserError(f"--families: no supernet for {', '.join(unknown)} in {weights} (there: {', '.join(shipped)})")
     task = load_task("sr4x")
     teacher = load_generator(weights / manifest["teacher"]["file"])
     t_macs = teacher.space.macs(teacher.config)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from nas.cli import Parser, at_least, run
+from spaces.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "3", "--checkpoint-every", "3",
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare-trials", type=at_least(1), default=200)
     p.add_argument("--shipped", action="store_true", help="the loop comparison on the shipped supernet")
     args = p.parse_args(argv)
+    if not args.shipped and args.trials < 2 * args.window:
+        raise UserError(f"--trials {args.trials} must be at least twice --window {args.window}: the rate of the first "
+                        "window is compared with the last one's")
     shipped_main(args) if args.shipped else flat_main(args)
 
 

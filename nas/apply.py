@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tile < 16:
         raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
-    source, output = Path(args.input), check_output_folder(args.output, "--output")
+    source, output = Path(args.input), Path(args.output)
     if not source.exists():
         raise UserError(f"input {source} not found; give an image or a folder of images")
     files = image_files(source) if source.is_dir() else [source]
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if output.resolve() == folder or (source.is_dir() and output.resolve().is_relative_to(folder)):
         raise UserError(f"--output {output} is in the input folder {source}; choose a folder outside it so that "
                         "inputs stay untouched")
+    check_output_folder(output, "--output")
     model = load_model(args.model)
     scale = args.scale if args.scale is not None else model_scale(model)
     if scale < 1:
@@ -120,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     module = model.module.to(device).eval()
     geo = geometry(module, model.space.spec.in_channels)
-    names = output_names(files)
-    output.mkdir(parents=True, exist_ok=True)
+    names = output_names(files)  # (the folder is made with the first output: none when every image is skipped)
     written, skipped = 0, []
     for path in tqdm(files, desc="apply", disable=len(files) < 2):
         try:

@@ -83,10 +83,14 @@ def _few(items: list[str], shown: int = 3) -> str:
 def load_weights(module: nn.Module, state: Any, *, source: str, what: str) -> None:
     """``module.load_state_dict(state)``, or one line saying what does not fit: not a dict of tensors, or
     which keys are missing or unexpected and which shapes differ (torch's own message spans many lines)."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise UserError(f"{source}: its {what} is a {type(state).__name__}, not a state dict (names to tensors); "
-                        "the file is damaged or of another kind")
+    where = f"{source}: its {what}" if source else f"its {what}"
+    if not isinstance(state, dict):
+        raise UserError(f"{where} is a {type(state).__name__}, not a state dict (names to tensors); the file is "
+                        "damaged or of another kind")
+    odd = next(((k, v) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if odd is not None:
+        raise UserError(f"{where} is not a state dict: its entry {odd[0]!r} is a {type(odd[1]).__name__}, not a "
+                        "tensor; the file is damaged or of another kind")
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -95,7 +99,11 @@ def load_weights(module: nn.Module, state: Any, *, source: str, what: str) -> No
     problems = [f"{label} {_few(items)}" for label, items in
                 (("missing", missing), ("unexpected", unexpected), ("wrong shapes:", shapes)) if items]
     if problems:
-        raise UserError(f"{source}: its {what} does not fit the network it describes ({'; '.join(problems)})")
+        raise UserError(f"{where} does not fit the network it describes ({'; '.join(problems)})")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise UserError(f"{where} holds NaN or infinite values ({_few(broken)}); the training that wrote it "
+                        "diverged or the file is damaged")
     module.load_state_dict(state)
 
 
@@ -143,7 +151,10 @@ def save_generator(path: str | Path, module: nn.Module, space: SearchSpace, conf
 def generator_from_record(record: dict[str, Any], source: str) -> LoadedGenerator:
     space = SearchSpace.from_text(record_field(record, "space_yaml", str, source), source=f"{source} (embedded space)",
                                   name=str(record.get("space_name", "checkpoint")))
-    config = space.decode(record_field(record, "config", str, source))
+    try:
+        config = space.decode(record_field(record, "config", str, source))
+    except UserError as exc:
+        raise UserError(f"{source} is damaged: its {exc}") from None
     module = space.build(config)
     load_weights(module, record.get("state_dict"), source=source, what="state dict")
     meta = record.get("meta") or {}
@@ -155,8 +166,15 @@ def load_generator(path: str | Path) -> LoadedGenerator:
     data = safe_load(path)
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return generator_from_record(data, str(path))
-    if isinstance(data, dict) and isinstance(data.get("generator"), dict) and data["generator"].get("format") == FORMAT:
-        return generator_from_record(data["generator"], str(path))  # a teacher's training checkpoint
+    if isinstance(data, dict) and data.get("format") == TRAIN_FORMAT:
+        if data.get("kind") == "supernet":
+            raise UserError(f"{path} is a supernet checkpoint (nas.train supernet), not one generator; export a subnet "
+                            "with nas.export and give its folder or model.pth")
+        generator = data.get("generator")
+        if not (isinstance(generator, dict) and generator.get("format") == FORMAT):
+            raise UserError(f"{path} is a {data.get('kind')} training checkpoint whose generator entry is damaged "
+                            f"(a {type(generator).__name__})")
+        return generator_from_record(generator, str(path))  # a teacher's (or student's) training checkpoint
     space, config, module = import_pix2pix(data, source=str(path))
     return LoadedGenerator(module, space, config, str(path))
 
@@ -181,4 +199,8 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
                                   name=str(record.get("space_name", "supernet")))
     supernet = Supernet(space)
     load_weights(supernet.net, record.get("supernet"), source=str(path), what="supernet weights")
+    mappers = record.get("mappers")  # the distillation's 1x1 adaptors, which fine-tuning a subnet starts from
+    if mappers is not None and not (isinstance(mappers, dict) and all(isinstance(v, torch.Tensor)
+                                                                      for v in mappers.values())):
+        raise UserError(f"{path} is damaged: its 'mappers' is a {type(mappers).__name__}, not a state dict")
     return supernet.eval(), record

@@ -10,6 +10,7 @@ from typing import Any, Callable, NoReturn
 from spaces.errors import UserError
 
 EXIT_USAGE = 2
+MAX_RESOLUTION = 8192  # as a space file's resolution
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,8 +56,9 @@ def parse_resolution(text: str) -> tuple[int, int]:
         h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     except ValueError:
         raise UserError(f"resolution {text!r} is not a number; write 256 or 256x320") from None
-    if len(parts) > 2 or h < 16 or w < 16 or h % 4 or w % 4:
-        raise UserError(f"resolution {text!r} is not allowed; use multiples of 4, at least 16 (e.g. 256 or 256x320)")
+    if len(parts) > 2 or h < 16 or w < 16 or h % 4 or w % 4 or max(h, w) > MAX_RESOLUTION:
+        raise UserError(f"resolution {text!r} is not allowed; use multiples of 4 from 16 to {MAX_RESOLUTION} "
+                        "(e.g. 256 or 256x320)")
     return h, w
 
 
@@ -90,6 +92,33 @@ def dataclass_from_args(options: type, args: argparse.Namespace, base: object | 
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(options) if getattr(args, f.name, None) is not None}
     return dataclasses.replace(base, **given) if base is not None else options(**given)
+
+
+def dataclass_from_stored(options: type, stored: dict, source: str) -> Any:
+    """The dataclass ``options`` from values stored in a file (``source``): each checked against its field's
+    type (an int where a float is asked is fine), keys it does not know dropped; one line for a wrong value."""
+    import dataclasses
+    import types
+    import typing
+
+    hints, given = typing.get_type_hints(options), {}
+    for f in dataclasses.fields(options):
+        if f.name not in stored:
+            continue
+        value, kind = stored[f.name], hints[f.name]
+        allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union \
+            else (kind,)
+        if Any not in allowed:
+            allowed = tuple(type(None) if a is None else a for a in allowed)
+            ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+            if not ok and not (float in allowed and isinstance(value, int) and not isinstance(value, bool)):
+                raise UserError(f"{source} is damaged: its option {f.name!r} is {value!r}, not "
+                                f"{' or '.join(getattr(a, '__name__', str(a)) for a in allowed)}")
+        given[f.name] = value
+    try:
+        return options(**given)
+    except TypeError as exc:  # a required option missing
+        raise UserError(f"{source} is damaged: {exc}") from None
 
 
 def parse_budget(text: str | None) -> int:

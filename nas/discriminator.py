@@ -39,7 +39,7 @@ def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
 def discriminator_from(source: str | None, out_channels: int, *, ndf: int) -> PatchDiscriminator:
     """A PatchGAN initialised from ``source``: a teacher's training checkpoint (its discriminator),
     a pix2pix ``*_net_D*.pth`` state dict, or nothing (fresh, ``ndf`` wide)."""
-    from nas.checkpoint import TRAIN_FORMAT, load_weights, safe_load
+    from nas.checkpoint import FORMAT, TRAIN_FORMAT, load_weights, safe_load
     from spaces.errors import UserError
 
     state, config = None, {"ndf": ndf}
@@ -48,6 +48,9 @@ def discriminator_from(source: str | None, out_channels: int, *, ndf: int) -> Pa
         if not isinstance(record, dict):
             raise UserError(f"discriminator {source} holds a {type(record).__name__}, not a PatchGAN state dict or a "
                             "teacher's training checkpoint")
+        if record.get("format") == FORMAT:
+            raise UserError(f"discriminator {source} is a generator checkpoint, not a PatchGAN state dict or a teacher's "
+                            "training checkpoint")
         if record.get("format") == TRAIN_FORMAT:
             if record.get("discriminator"):
                 state, config = record["discriminator"], record.get("discriminator_config") or config

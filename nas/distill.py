@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.distributed import gather_batch, global_mean
+from spaces.errors import UserError
 from spaces.supernet import ElasticConv2d
 
 # Weight of the (relative) feature distillation against the L1 reconstruction: the default of
@@ -50,6 +51,10 @@ class FeatureDistiller(nn.Module):
     def __init__(self, student_trunk: list[nn.Module], teacher_trunk: list[nn.Module], *, layers: int,
                  student_width: int, teacher_widths: list[int]) -> None:
         super().__init__()
+        most = min(len(student_trunk), len(teacher_trunk))
+        if not 1 <= layers <= most:
+            raise UserError(f"--distill-layers {layers}: the student has {len(student_trunk)} and the teacher "
+                            f"{len(teacher_trunk)} points to distil at; give 1 to {most}")
         self.student_positions = layer_positions(len(student_trunk), layers)
         self.teacher_positions = layer_positions(len(teacher_trunk), layers)
         if len(self.student_positions) != len(self.teacher_positions):

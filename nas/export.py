@@ -16,7 +16,7 @@ from torch import nn
 
 from nas.checkpoint import load_generator, save_generator
 from nas.files import atomic_write, atomic_write_text, check_output_folder, staged_folder
-from nas.cli import Parser, run
+from nas.cli import Parser, at_least, run
 from nas.data import Task, check_crop, load_task
 from nas.checkpoint import load_supernet
 from nas.device import pick_device
@@ -100,13 +100,14 @@ def build_parser() -> Parser:
     p.add_argument("--supernet", required=True, help="supernet checkpoint (nas.train supernet)")
     p.add_argument("--config", required=True, help="config string of the subnet, or max / min")
     p.add_argument("--out", required=True, help="folder to write model.pth, model.ts, model.onnx, export.json")
-    p.add_argument("--finetune-steps", type=int, default=0, help="fine-tune with distillation first (default 0)")
+    p.add_argument("--finetune-steps", type=at_least(0), default=0, help="fine-tune with distillation first (default 0)")
     p.add_argument("--task", help="task for fine-tuning (default: the supernet's)")
     p.add_argument("--teacher", help="teacher for fine-tuning (default: the supernet's)")
-    p.add_argument("--lr", type=float, default=FINETUNE_LR, help=f"fine-tuning learning rate (default {FINETUNE_LR:g})")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--crop", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=at_least(1e-12, float), default=FINETUNE_LR,
+                   help=f"fine-tuning learning rate (default {FINETUNE_LR:g})")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--crop", type=at_least(4), default=64)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     out = check_output_folder(args.out, "--out")
     if (out / "model.pth").exists():
         raise UserError(f"{out} already holds an export (model.pth); choose another --out or remove it")
+    if out.is_dir() and any(out.iterdir()):  # the export replaces --out as a whole: never a folder with other files
+        raise UserError(f"--out {out} holds other files; give a new or empty folder for the export")
     report = export_subnet(args.supernet, args.config, out, finetune_steps=args.finetune_steps, task=args.task,
                            teacher=args.teacher, lr=args.lr, batch_size=args.batch_size, crop=args.crop,
                            seed=args.seed, device=pick_device(args.device), progress=not args.no_progress)

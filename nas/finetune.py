@@ -62,8 +62,8 @@ class FinetuneObjective(Objective):
                 "optimizers": {"generator": self.opt.state_dict()}}
 
     def load_state(self, record: dict[str, Any]) -> None:
-        load_weights(self.student, record["student"], source="the checkpoint", what="student")
-        load_weights(self.distiller.mappers, record["mappers"], source="the checkpoint", what="distillation mappers")
+        load_weights(self.student, record["student"], source="", what="student")
+        load_weights(self.distiller.mappers, record["mappers"], source="", what="distillation mappers")
         self.opt.load_state_dict(record["optimizers"]["generator"])
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import json
 from evaluators.macs import count_macs, format_macs
 from nas.checkpoint import load_generator
 from nas.cli import Parser, parse_resolution, run
+from spaces.errors import UserError
 from spaces.space import CONVENTIONS, load_space
 
 CONVENTION_NOTES = {
@@ -26,6 +27,10 @@ def build_parser() -> Parser:
     return p
 
 
+# Largest side --trace runs the network at (its activations at 8192x8192 would take tens of GB).
+MAX_TRACE = 2048
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.teacher:
@@ -42,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         "resolution": [h, w], "macs": macs, "params": cost.params, "space_size": space.size,
     }
     if args.trace:
+        if max(h, w) > MAX_TRACE:
+            raise UserError(f"--trace runs the network on one {h}x{w} image; trace at most {MAX_TRACE}x{MAX_TRACE} (the "
+                            "analytic counts above need no run and scale exactly)")
         module = space.build(config)
         report["traced_macs"] = {c: count_macs(module, h, w, convention=c, in_channels=space.spec.in_channels)
                                  for c in CONVENTIONS}

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from evaluators.quality import PROTOCOL, Reference, evaluate_on, reference
-from nas.checkpoint import LoadedGenerator, atomic_save, generator_record, load_generator, safe_load
+from nas.checkpoint import (LoadedGenerator, atomic_save, generator_record, load_generator, load_supernet,
+                            read_training_record, record_field)
 from nas.cli import Parser, run
 from nas.data import Task, load_task
 from nas.files import atomic_write_text, check_output_file
@@ -83,14 +84,12 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
 
 def remeasure(manifest: Path) -> dict[str, Any]:
     """Measure every entry of ``manifest`` again with today's evaluation protocol (the files are unchanged)."""
-    from nas.checkpoint import load_supernet
-
     entries = _read_manifest(manifest)
     for name, entry in entries.items():
-        missing = [k for k in ("kind", "file", "sha256", "task") if k not in entry]
-        if missing or entry["kind"] not in ("teacher", "supernet"):
+        missing = [k for k in ("kind", "file", "sha256", "task") if not isinstance(entry.get(k), str)]
+        if missing or entry["kind"] not in ("teacher", "supernet") or not isinstance(entry.get("teacher", ""), str):
             raise UserError(f"--remeasure: entry {name!r} of {manifest} is not a teacher or supernet entry of "
-                            f"nas.publish (missing {', '.join(missing) or 'a known kind'})")
+                            f"nas.publish ({'missing or not text: ' + ', '.join(missing) if missing else 'its kind or teacher'})")
         path = manifest.parent / entry["file"]
         if not path.is_file() or sha256(path) != entry["sha256"]:
             raise UserError(f"{path} {'does not match' if path.is_file() else 'is missing; it should match'} the "
@@ -113,34 +112,42 @@ def remeasure(manifest: Path) -> dict[str, Any]:
 
 
 def publish(checkpoint: Path, out: Path, name: str, manifest: Path) -> dict[str, Any]:
+    """Measure the checkpoint, then write its slim file and the manifest's entry: nothing is written until
+    everything was read and measured, and ``out`` may be none of the files read."""
     if out.resolve() == checkpoint.resolve():
         raise UserError(f"--out {out} is the training checkpoint itself; write the slim file elsewhere so that the "
                         "checkpoint can still resume")
+    if out.resolve() == manifest.resolve():
+        raise UserError(f"--out {out} is also the --manifest; give the weights and the manifest different files")
     entries = _read_manifest(manifest) if manifest.exists() else {}  # before anything is written
-    record = safe_load(checkpoint)
-    if not isinstance(record, dict) or record.get("kind") not in ("teacher", "supernet"):
-        raise UserError(f"{checkpoint} is not a training checkpoint of nas.train (teacher or supernet)")
-    task = load_task(record["task"])
+    record = read_training_record(checkpoint)
+    if record["kind"] not in ("teacher", "supernet"):
+        raise UserError(f"{checkpoint} is a {record['kind']} checkpoint; publish teachers and supernets")
+    args = record_field(record, "args", dict, str(checkpoint))
+    task_spec = record_field(record, "task", str, str(checkpoint))
+    step = record_field(record, "step", int, str(checkpoint))
+    seconds = record_field(record, "train_seconds", (int, float), str(checkpoint))
+    task = load_task(task_spec)
     entry: dict[str, Any] = {
-        "kind": record["kind"], "file": out.name, "command": training_command(record["kind"], record["args"]),
-        "seed": record["args"]["seed"], "steps": record["step"], "task": record["task"],
-        "split": task.notes.get("split", ""), "train_seconds": round(record["train_seconds"], 1),
-        "torch": torch.__version__,
+        "kind": record["kind"], "file": out.name, "command": training_command(record["kind"], args),
+        "seed": args.get("seed"), "steps": step, "task": task_spec, "split": task.notes.get("split", ""),
+        "train_seconds": round(seconds, 1), "torch": torch.__version__,
     }
     if record["kind"] == "teacher":
         teacher = load_generator(checkpoint)
-        atomic_save(generator_record(teacher.module, teacher.space, teacher.config, task=record["task"],
-                                     step=record["step"]), out)
+        slim: dict[str, Any] = generator_record(teacher.module, teacher.space, teacher.config, task=task_spec, step=step)
         entry.update(measure_teacher(teacher, task))
     else:
-        from nas.checkpoint import load_supernet
-
         supernet, _ = load_supernet(checkpoint)
+        teacher_path = Path(record_field(record, "teacher", str, str(checkpoint)))
+        if out.resolve() == teacher_path.resolve():
+            raise UserError(f"--out {out} is the teacher this supernet was distilled from; write the slim file "
+                            "elsewhere")
         slim = {k: v for k, v in record.items() if k not in ("optimizers", "discriminator")}
-        atomic_save(slim, out)
-        entry.update(teacher=Path(record["teacher"]).name,
-                     **measure_supernet(supernet, load_generator(record["teacher"]).module, task,
-                                        supernet_calibration(supernet, record, record["task"], "cpu")))
+        entry.update(teacher=teacher_path.name,
+                     **measure_supernet(supernet, load_generator(teacher_path).module, task,
+                                        supernet_calibration(supernet, record, task_spec, "cpu")))
+    atomic_save(slim, out)
     entry.update(sha256=sha256(out), size_bytes=out.stat().st_size)
     entries[name] = entry
     atomic_write_text(manifest, json.dumps(entries, indent=2) + "\n")

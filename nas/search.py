@@ -28,7 +28,9 @@ import torch
 from evaluators.macs import format_macs
 from evaluators.fid import MIN_IMAGES, WEIGHTS_FILE, noise_note
 from evaluators.quality import PROTOCOL, format_share, higher_is_better
-from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
+from nas.checkpoint import load_generator
+from nas.cli import (Parser, add_dataclass_arguments, dataclass_from_args, dataclass_from_stored, flag_value,
+                     parse_budget, run)
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text, check_output_folder
 from nas.methods import Method, SearchContext, get_method, list_methods
@@ -109,6 +111,9 @@ def prepare(options: SearchOptions) -> Method:
     options.method_options = absolute_paths(method_class.fill_defaults(
         method_options, options.task, options.space, shipped_manifest(options.task), DEFAULT_WEIGHTS))
     options.teacher = str(Path(default_teacher(options.task, options.teacher)).resolve())
+    load_generator(options.teacher)  # a damaged teacher: one line here, not a traceback in every trial
+    if options.storage and "://" not in options.storage:
+        check_output_folder(options.storage, "--storage")
     if Path(options.space).is_file():
         options.space = str(Path(options.space).resolve())
     method = method_class(SearchContext(method=options.method, task=options.task, teacher=options.teacher,
@@ -299,7 +304,6 @@ def _weights(row: dict[str, Any], out: Path) -> Path | None:
 
 def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
     """Pareto front into pareto.html, and the best feasible student exported into best/."""
-    from nas.checkpoint import load_generator
     from nas.pareto import pareto_front, render_html
 
     frame = table.frame()
@@ -489,8 +493,9 @@ def read_run_info(out: Path) -> dict[str, Any]:
 def _stored_options(out: str) -> tuple[dict[str, Any], str]:
     stored = read_run_info(Path(out))["options"]
     method = stored.get("method", "ofa")
-    if not isinstance(method, str):
-        raise UserError(f"--resume: {Path(out) / 'run.json'} is damaged (its method is {method!r})")
+    if method not in list_methods("search"):
+        raise UserError(f"--resume: {Path(out) / 'run.json'} names the method {method!r}, which is not one of "
+                        f"{', '.join(list_methods('search'))}; the run cannot be resumed by this version")
     return stored, method
 
 
@@ -515,17 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         option_names = {f.name for f in fields(method_class.Options)}
         # (runs written before methods owned their options kept them with the others)
         saved = {**{k: v for k, v in stored.items() if k in option_names}, **(stored.get("method_options") or {})}
-        try:
-            method_options = method_class.Options(**{k: v for k, v in saved.items() if k in option_names})
-            # the run is where --out says now (a copied or moved run folder resumes where it is)
-            options = SearchOptions(**{**base_options, "out": str(Path(known.out).resolve()), "address": args.address,
-                                       "progress": not args.no_progress,
-                                       **({"trials": args.trials} if args.trials is not None else {}),
-                                       "method_options": dataclass_from_args(method_class.Options, args,
-                                                                             method_options)})
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"--resume: the options stored in {Path(known.out) / 'run.json'} are damaged ({exc}); "
-                            "start a new search in another --out") from None
+        run_file = str(Path(known.out) / "run.json")
+        method_options = dataclass_from_stored(method_class.Options, saved, run_file)
+        stored_options = dataclass_from_stored(SearchOptions, {**base_options, "method_options": None}, run_file)
+        # the run is where --out says now (a copied or moved run folder resumes where it is)
+        options = replace(stored_options, out=str(Path(known.out).resolve()), address=args.address,
+                          progress=not args.no_progress, **({"trials": args.trials} if args.trials is not None else {}),
+                          method_options=dataclass_from_args(method_class.Options, args, method_options))
         run_search(options, resume=True, command=command)
         return 0
     budget = parse_budget(args.budget)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from nas.checkpoint import load_generator, read_training_record
-from nas.cli import Parser, add_dataclass_arguments, dataclass_from_args, flag_value, parse_budget, run
+from nas.cli import Parser, add_dataclass_arguments, at_least, dataclass_from_args, flag_value, parse_budget, run
 from nas.data import load_task
 from nas.device import pick_device
 from nas.distill import DISTILL_WEIGHT
@@ -222,7 +222,7 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data-parallel training on Ray Train (README: Training on many GPUs)")
     g.add_argument("--workers", type=int, help="train on N workers (each a slice of every batch); without it, "
                    "one process and no Ray")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs of each worker (0: CPU workers, gloo)")
+    g.add_argument("--gpus-per-worker", type=at_least(0, float), default=0.0, help="GPUs of each worker (0: CPU workers, gloo)")
     g.add_argument("--address", help="Ray cluster address (auto, host:port); default: RAY_ADDRESS or a local instance")
     g.add_argument("--storage", help="where Ray Train keeps the workers' checkpoints: a path every node sees or a "
                    "cloud URI (default OUT/ray, enough on one machine)")
@@ -230,7 +230,7 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
 
 def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint (for time-limited jobs); "
+    p.add_argument("--stop-at", type=at_least(1), help="stop after this step with a checkpoint (for time-limited jobs); "
                    "continue later with --resume")
     p.add_argument("--no-progress", action="store_true")
 
@@ -248,10 +248,10 @@ def build_parser(method: str | None = None) -> Parser:
     s.add_argument("--space", default="resnet", help="space name or YAML path")
     s.add_argument("--teacher", required=True, help="teacher checkpoint (nas.train or pix2pix *_net_G*.pth)")
     s.add_argument("--method", default="ofa", choices=["ofa"])
-    s.add_argument("--distill-weight", type=float, default=DISTILL_WEIGHT,
+    s.add_argument("--distill-weight", type=at_least(0, float), default=DISTILL_WEIGHT,
                    help="weight of feature distillation (MSE relative to the teacher features' mean square) "
                         "against the L1 reconstruction")
-    s.add_argument("--distill-layers", type=int, default=3, help="teacher trunk blocks to distil from")
+    s.add_argument("--distill-layers", type=at_least(1), default=3, help="teacher trunk blocks to distil from")
     s.add_argument("--discriminator", help="PatchGAN state dict to start from (default: the teacher checkpoint's)")
     s.add_argument("--sandwich", default=",".join(SANDWICH),
                    help=f"the cycle of subnets trained, one per step, from {', '.join(SANDWICH_PHASES)} "

@@ -32,6 +32,9 @@ from nas.distributed import data_parallel, local_slice, world
 from spaces.errors import UserError
 
 
+MAX_BATCH, MAX_CROP = 4096, 4096
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The schedule every training shares (the flags of ``nas.train``)."""
@@ -51,6 +54,9 @@ class TrainSettings:
         for name in ("steps", "batch_size", "crop", "eval_every", "checkpoint_every", "ndf"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name, most in (("batch_size", MAX_BATCH), ("crop", MAX_CROP), ("ndf", 4096)):
+            if getattr(self, name) > most:  # what one step asks of memory stays within reach of a real GPU
+                raise UserError(f"--{name.replace('_', '-')} must be at most {most}, got {getattr(self, name)}")
         for name in ("lr", "gan_weight"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
@@ -238,8 +244,8 @@ class Training:
         self.check_resumable(record, source)
         try:
             self.objective.load_state(record)
-        except UserError:
-            raise
+        except UserError as exc:
+            raise UserError(f"--resume: {source}: {exc}") from None
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
             # an optimizer state of other shapes, a missing entry: torch's messages span lines and name no file
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -316,8 +322,8 @@ class GeneratorObjective(Objective):
     def load_state(self, record: dict[str, Any]) -> None:
         from nas.checkpoint import load_weights
 
-        load_weights(self.generator, record["generator"]["state_dict"], source="the checkpoint", what="generator")
+        load_weights(self.generator, record["generator"]["state_dict"], source="", what="generator")
         self.opt_g.load_state_dict(record["optimizers"]["generator"])
         if self.disc is not None:
-            load_weights(self.disc, record["discriminator"], source="the checkpoint", what="discriminator")
+            load_weights(self.disc, record["discriminator"], source="", what="discriminator")
             self.opt_d.load_state_dict(record["optimizers"]["discriminator"])

@@ -325,8 +325,8 @@ class ArchitectureSearchObjective(Objective):
                 "cost_weight": self.cost_weight, "cpu_seconds": self.cpu_seconds, "argmax_macs": self.argmax_macs}
 
     def load_state(self, record: dict[str, Any]) -> None:
-        load_weights(self.supernet.net, record["supernet"], source="the checkpoint", what="supernet")
-        load_weights(self.architecture, record["architecture"], source="the checkpoint", what="architecture")
+        load_weights(self.supernet.net, record["supernet"], source="", what="supernet")
+        load_weights(self.architecture, record["architecture"], source="", what="architecture")
         self.opt_w.load_state_dict(record["optimizers"]["weights"])
         self.opt_a.load_state_dict(record["optimizers"]["architecture"])
         self.cost_weight, self.cpu_seconds = record["cost_weight"], record["cpu_seconds"]

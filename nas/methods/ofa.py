@@ -150,11 +150,11 @@ class SupernetObjective(Objective):
         }
 
     def load_state(self, record: dict[str, Any]) -> None:
-        load_weights(self.supernet.net, record["supernet"], source="the checkpoint", what="supernet")
-        load_weights(self.distiller.mappers, record["mappers"], source="the checkpoint", what="distillation mappers")
+        load_weights(self.supernet.net, record["supernet"], source="", what="supernet")
+        load_weights(self.distiller.mappers, record["mappers"], source="", what="distillation mappers")
         self.opt_g.load_state_dict(record["optimizers"]["generator"])
         if self.disc is not None:
-            load_weights(self.disc, record["discriminator"], source="the checkpoint", what="discriminator")
+            load_weights(self.disc, record["discriminator"], source="", what="discriminator")
             self.opt_d.load_state_dict(record["optimizers"]["discriminator"])
 
     def close(self) -> None:
