@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tile < 16:
         raise UserError(f"--tile must be at least 16 pixels, got {args.tile}")
+    model = load_model(args.model)
     source, output = Path(args.input), Path(args.output)
     if not source.exists():
         raise UserError(f"input {source} not found; give an image or a folder of images")
@@ -114,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--output {output} is in the input folder {source}; choose a folder outside it so that "
                         "inputs stay untouched")
     check_output_folder(output, "--output")
-    model = load_model(args.model)
     scale = args.scale if args.scale is not None else model_scale(model)
     if scale < 1:
         raise UserError(f"--scale must be at least 1, got {scale}")

@@ -51,10 +51,9 @@ class FeatureDistiller(nn.Module):
     def __init__(self, student_trunk: list[nn.Module], teacher_trunk: list[nn.Module], *, layers: int,
                  student_width: int, teacher_widths: list[int]) -> None:
         super().__init__()
-        most = min(len(student_trunk), len(teacher_trunk))
-        if not 1 <= layers <= most:
-            raise UserError(f"--distill-layers {layers}: the student has {len(student_trunk)} and the teacher "
-                            f"{len(teacher_trunk)} points to distil at; give 1 to {most}")
+        if not 1 <= layers <= len(teacher_trunk):  # (a student with fewer points distils at all of its own)
+            raise UserError(f"--distill-layers {layers}: the teacher has {len(teacher_trunk)} points to distil from; "
+                            f"give 1 to {len(teacher_trunk)}")
         self.student_positions = layer_positions(len(student_trunk), layers)
         self.teacher_positions = layer_positions(len(teacher_trunk), layers)
         if len(self.student_positions) != len(self.teacher_positions):

@@ -251,7 +251,8 @@ def build_parser(method: str | None = None) -> Parser:
     s.add_argument("--distill-weight", type=at_least(0, float), default=DISTILL_WEIGHT,
                    help="weight of feature distillation (MSE relative to the teacher features' mean square) "
                         "against the L1 reconstruction")
-    s.add_argument("--distill-layers", type=at_least(1), default=3, help="teacher trunk blocks to distil from")
+    s.add_argument("--distill-layers", type=at_least(1), default=3,
+                   help="teacher trunk blocks to distil from, at most the teacher's (fewer where the student has fewer)")
     s.add_argument("--discriminator", help="PatchGAN state dict to start from (default: the teacher checkpoint's)")
     s.add_argument("--sandwich", default=",".join(SANDWICH),
                    help=f"the cycle of subnets trained, one per step, from {', '.join(SANDWICH_PHASES)} "

@@ -211,7 +211,9 @@ def interrupt_when(command: list[str], ready, timeout: float = 120.0):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # (pytest-xdist's workers ignore SIGINT, and a child inherits that: give it the default back)
+    proc = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     began = time.monotonic()
     while not ready() and proc.poll() is None and time.monotonic() - began < timeout:
         time.sleep(0.02)

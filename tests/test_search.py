@@ -400,7 +400,8 @@ def test_ctrl_c_marks_the_search_interrupted_and_a_copy_resumes_where_it_is(tmp_
         [sys.executable, "-m", "nas.search", "--method", "kd", "--space", "tests/spaces/tiny_resnet.yaml", "--teacher",
          str(teacher), "--budget", "3M", "--trials", "4", "--out", str(out), "--no-progress", "--steps", "40",
          "--checkpoint-every", "10", "--batch-size", "2", "--crop", "32"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # (xdist's workers ignore SIGINT)
     began = time.monotonic()
     while proc.poll() is None and time.monotonic() - began < 300:
         if (out / "trials.csv").exists() and len((out / "trials.csv").read_text().splitlines()) >= 2:
