@@ -119,6 +119,7 @@ def test_a_supernet_trained_on_two_workers_resumes_on_one(tmp_path, root, tiny_m
         assert resumed["metrics"][name]["psnr"] == pytest.approx(one["metrics"][name]["psnr"], abs=1e-3)
 
 
+@pytest.mark.slow  # about 110 s: the default suite keeps the teacher and supernet loops' (about 3 min)
 def test_a_student_resumed_on_two_workers_survives_a_killed_worker_and_matches_one_process(
         tmp_path, root, tiny_models, tiny_source):
     """prune (CAT's kernel alignment, a loss of the whole batch): one process to step 2, then two workers
