@@ -72,18 +72,23 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _check_room(path: Path, flag: str, folder: Path) -> None:
+    """``folder`` (where ``path`` goes) exists or can be made, and files can be written there."""
+    ancestor = _existing_ancestor(folder)
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, so no folder can be made there; choose another place")
+    reason = _writable(ancestor)
+    if reason:
+        raise UserError(f"{flag} {path}: nothing can be written in {ancestor} ({reason}); choose another place")
+
+
 def check_output_folder(path: str | Path, flag: str) -> Path:
     """Before any work: ``flag``'s ``path`` is a folder, or can be made one, and files can be written there.
     Nothing is created."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
-    ancestor = _existing_ancestor(path)
-    if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, so no folder can be made there; choose another place")
-    reason = _writable(ancestor)
-    if reason:
-        raise UserError(f"{flag} {path}: nothing can be written in {ancestor} ({reason}); choose another place")
+    _check_room(path, flag, path)
     return path
 
 
@@ -92,10 +97,5 @@ def check_output_file(path: str | Path, flag: str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
-    ancestor = _existing_ancestor(path.parent)
-    if not ancestor.is_dir():
-        raise UserError(f"{flag} {path}: {ancestor} is a file, so nothing can be written under it; choose another place")
-    reason = _writable(ancestor)
-    if reason:
-        raise UserError(f"{flag} {path}: nothing can be written in {ancestor} ({reason}); choose another place")
+    _check_room(path, flag, path.parent)
     return path
