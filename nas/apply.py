@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     p.add_argument("--tile", type=int, default=DEFAULT_TILE,
                    help=f"images larger than this (pixels per side, after upscaling) run in tiles (default {DEFAULT_TILE})")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     geo = geometry(module, model.space.spec.in_channels)
     names = output_names(files)  # (the folder is made with the first output: none when every image is skipped)
     written, skipped = 0, []
-    for path in tqdm(files, desc="apply", disable=len(files) < 2):
+    for path in tqdm(files, desc="apply", disable=len(files) < 2 or args.no_progress):
         try:
             reason = too_large(path, scale, geo)
             if reason:
@@ -137,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         pixels = Image.fromarray(to_uint8(result))
         atomic_write(output / names[path], lambda tmp: pixels.save(tmp, format="PNG"))
         written += 1
+    if not written:
+        raise UserError(f"no image written: all {len(files)} input(s) were skipped (the reasons are above)")
     print(f"wrote {written} image(s) to {output}" + (f"; skipped {len(skipped)}" if skipped else ""))
-    return 0 if written else 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ def run(main: Callable[[list[str] | None], int | None], argv: list[str] | None =
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except OSError as exc:  # what the system refused of a path given (a name too long, a permission, a full disk)
+        if exc.filename is None:
+            raise
+        reason = exc.strerror or type(exc).__name__
+        print(f"error: {exc.filename}: {reason}; check the path and the place it points to", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as exc:  # Ctrl-C: what was written is whole; the command may say how to go on
         print(str(exc) or "interrupted", file=sys.stderr)
         sys.exit(130)

@@ -39,15 +39,17 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     ``out`` as a whole (a reader sees the old folder or the new one, never part of one), and when the
     block fails or is interrupted it is removed, leaving ``out`` as it was."""
     out = Path(out)
+    if out.is_symlink():  # the files go where the link points; the link stays
+        out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.", dir=out.parent))
     try:
         yield staging
         os.chmod(staging, 0o755)  # mkdtemp makes it private
         try:
             os.replace(staging, out)  # also over an empty folder
         except OSError:  # a folder with files: set it aside, move the new one in, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.old.", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(staging, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -75,6 +77,11 @@ def _existing_ancestor(path: Path) -> Path:
 def _check_room(path: Path, flag: str, folder: Path) -> None:
     """``folder`` (where ``path`` goes) exists or can be made, and files can be written there."""
     ancestor = _existing_ancestor(folder)
+    longest = os.pathconf(ancestor, "PC_NAME_MAX") if ancestor.is_dir() else 255
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > longest), None)
+    if too_long is not None:
+        raise UserError(f"{flag}: the name {too_long[:24]}... is {len(os.fsencode(too_long))} bytes long, over the "
+                        f"{longest} a file name may have here; choose a shorter name")
     if not ancestor.is_dir():
         raise UserError(f"{flag} {path}: {ancestor} is a file, so no folder can be made there; choose another place")
     reason = _writable(ancestor)
@@ -86,6 +93,8 @@ def check_output_folder(path: str | Path, flag: str) -> Path:
     """Before any work: ``flag``'s ``path`` is a folder, or can be made one, and files can be written there.
     Nothing is created."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist; give a folder")
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; give a folder (it is created if missing)")
     _check_room(path, flag, path)

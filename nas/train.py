@@ -52,6 +52,8 @@ def build_teacher(args: argparse.Namespace, device: torch.device) -> Training:
 
 def build_supernet(args: argparse.Namespace, device: torch.device) -> Training:
     parse_sandwich(args.sandwich)  # before anything is loaded
+    if args.discriminator and args.gan_weight == 0:
+        raise UserError("--discriminator is used only with a GAN loss; give --gan-weight > 0 or leave it out")
     settings, task = _settings(args), load_task(args.task)
     space = load_space(args.space)
     teacher = load_generator(args.teacher)

@@ -50,6 +50,9 @@ def inputs(tmp_path_factory, tiny_models):
     (folder / "bomb.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n")
     (folder / "photos").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "photos" / "a.png")
+    (folder / "unreadable").mkdir()
+    (folder / "unreadable" / "broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "dangling").symlink_to("nowhere/deep")
     return folder
 
 
@@ -93,6 +96,11 @@ CASES = [
      "supernet weights does not fit"),
     ("nas.export", ["--supernet", str(SHIPPED / "supernet_resnet.pth"), "--config", "1_2", "--out", "{OUT}"],
      "config '1_2'"),
+    ("nas.export", ["--supernet", str(SHIPPED / "supernet_resnet.pth"), "--config", "min", "--out", "{IN}/dangling"],
+     "which does not exist; give a folder"),
+    ("nas.export", ["--supernet", str(SHIPPED / "supernet_resnet.pth"), "--config", "min", "--out", "{OUT}/" + "a" * 300],
+     "300 bytes long, over the 255"),
+    ("nas.inspect", ["--teacher", "{IN}/" + "b" * 300 + ".pth"], "File name too long"),
     ("nas.apply", ["--model", str(SHIPPED / "teacher.pth"), "--input", "{IN}/photos", "--output", "{IN}/a_file"],
      "is a file, not a folder"),
     ("nas.apply", ["--model", str(SHIPPED / "teacher.pth"), "--input", "{IN}/photos", "--output", PROC],
@@ -184,6 +192,17 @@ def test_a_mutated_space_file_loads_or_is_refused_in_one_line(mutate, value, tmp
         return
     # what loads is bounded: its widest network can be described without allocating it
     assert space.macs(space.max_config()) < 10 ** 15
+
+
+def test_apply_with_every_image_skipped_ends_in_an_error_and_makes_no_folder(inputs, tmp_path, capsys):
+    code, err = call("nas.apply", ["--model", str(SHIPPED / "teacher.pth"), "--input", str(inputs / "unreadable"),
+                                   "--output", str(tmp_path / "out"), "--no-progress"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err
+    assert lines == [f"skipped: cannot read image {inputs / 'unreadable' / 'broken.png'}: UnidentifiedImageError; "
+                     "remove or replace the file",
+                     "error: no image written: all 1 input(s) were skipped (the reasons are above)"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_checkpoint_of_another_run_is_refused_with_what_does_not_fit(tmp_path, capsys):
