@@ -163,6 +163,33 @@ def test_no_invalid_number_starts_a_training(flag, value, tmp_path, capsys):
     assert not out.exists()
 
 
+# Each command's numeric flags, with the arguments that make the rest of its command line valid.
+NUMERIC_FLAGS = {
+    "nas.search": (["--budget", "1G", "--out", "{OUT}", "--no-progress"],
+                   ["--trials", "--seed", "--gpus-per-trial", "--cpus-per-trial", "--max-failures", "--budget"]),
+    "nas.export": (["--supernet", str(SHIPPED / "supernet_resnet.pth"), "--config", "min", "--out", "{OUT}",
+                   "--finetune-steps", "1", "--no-progress"], ["--finetune-steps", "--lr", "--batch-size", "--crop"]),
+    "nas.apply": (["--model", str(SHIPPED / "teacher.pth"), "--input", "{IN}/photos", "--output", "{OUT}"],
+                  ["--tile", "--scale"]),
+}
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from([(m, f) for m, (_, flags) in NUMERIC_FLAGS.items() for f in flags]),
+       value=st.one_of(st.integers(max_value=-1).map(str), st.sampled_from(["nan", "inf", "-inf", "", "ten", "1e999x"])))
+def test_no_invalid_number_starts_a_search_an_export_or_an_apply(case, value, inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    module, flag = case
+    base, _ = NUMERIC_FLAGS[module]
+    out = tmp_path / "never"
+    argv = [a.replace("{OUT}", str(out)).replace("{IN}", str(inputs)) for a in base]
+    if flag in argv:  # the flag's value replaced, not given twice
+        argv = argv[:argv.index(flag)] + argv[argv.index(flag) + 2:]
+    code, err = call(module, [*argv, flag, value], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (module, flag, value, err)
+    assert not out.exists()
+
+
 VALID_SPACE = (Path(__file__).parent / "spaces" / "tiny_teacher.yaml").read_text()
 MUTATIONS = st.sampled_from([
     lambda t, v: t.replace("8", v, 1),  # a width becomes anything
@@ -171,6 +198,7 @@ MUTATIONS = st.sampled_from([
     lambda t, v: t.replace(":", f": {v}", 1),
     lambda t, v: v + "\n" + t,
     lambda t, v: t[: len(t) // 2] + v,  # truncated
+    lambda t, v: "\n".join(line for i, line in enumerate(t.splitlines()) if i != len(v) % len(t.splitlines())),
 ])
 ODD_VALUES = st.one_of(st.sampled_from(["-1", "0", "1e9", "9" * 5000, "&a [1]", "*a", "[[[", "{", "null", "true",
                                         "family", "name", "0.5", "'x'", "!!python/object:os.system"]),
