@@ -183,7 +183,7 @@ class Training:
         # (rank, ranks): which equal slice of each global batch this process trains on; inside a process
         # group (a Ray Train worker) the objective is made data-parallel before its first step
         self.shard = world()
-        self._parallel = self.shard[1] == 1
+        self._synced = False  # whether the ranks' objectives were made one (a no-op outside a group)
 
     @property
     def done(self) -> bool:
@@ -206,9 +206,9 @@ class Training:
         and at the end, and call ``on_checkpoint`` every ``checkpoint_every`` steps and at ``until``."""
         s = self.settings
         until = min(until, s.steps)
-        if not self._parallel:  # after any restore: rank 0's state is broadcast to the others
+        if not self._synced:  # after any restore: rank 0's state is broadcast to the others
             data_parallel(self.objective, self.device)
-            self._parallel = True
+            self._synced = True
         while self.step < until:
             began = time.perf_counter()
             lr = cosine_lr(s.lr, self.step, s.steps)
