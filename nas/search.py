@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -35,8 +36,10 @@ from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
 from nas.files import atomic_write_text, check_output_folder
 from nas.methods import Method, SearchContext, get_method, list_methods
 from nas.methods.base import QUALITIES, absolute_paths, check_range, resolve_space
+from nas.probes import Probes
 from nas.ray_session import check_address
 from nas.results import ResultsTable
+from nas.runs import HeartbeatThread, RunFolder, RunInfo
 from spaces.errors import UserError
 from spaces.space import CONVENTIONS
 
@@ -203,72 +206,115 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     # the method in the default name: two methods on one space and budget do not collide
     out = Path(options.out or f"runs/{options.method}-{Path(options.space).stem}-{format_macs(options.budget)}").resolve()
     check_out(out, resume)
-    run_file = out / "run.json"
-    info: dict[str, Any] = read_run_info(out) if resume else {
-        "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumes": [], "rejected": 0,
-        "repaired": 0, "protocol": PROTOCOL,
-    }
-    if resume and info.get("protocol") != PROTOCOL:
-        before = info.get("protocol") or "256x256 centre crops"
+    folder = RunFolder(out)
+    info = read_run_info(out) if resume else RunInfo(command=command, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                      protocol=PROTOCOL)
+    if resume and info.protocol != PROTOCOL:
+        before = info.protocol or "256x256 centre crops"
         raise UserError(f"--resume: {out} was evaluated with another protocol ({before}) than today's "
                         f"({PROTOCOL}); its rows cannot share a front: start a new search")
     address = check_address(options.address)
     method = prepare(options)
-    info.setdefault("versions", _versions())
-    info["space"] = method.space.name
-    info["notes"] = method.notes()
-    for note in info["notes"]:
+    info.versions = info.versions or _versions()
+    info.space = method.space.name
+    info.notes = method.notes()
+    for note in info.notes:
         print(f"note: {note}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if options.quality == "fid":
-        info["fid"] = attach_real_features(method, options, out, _driver_device(options))
-    info["options"] = _run_info(options)  # what this run does (a resume may change --trials, --finetune-steps)
+        info.fid = attach_real_features(method, options, out, _driver_device(options))
+    info.options = _run_info(options)  # what this run does (a resume may change --trials, --finetune-steps)
     table = ResultsTable(out / "trials.csv")
     records = TrialRecords(out / "trials")
     study_storage = f"sqlite:///{out / 'optuna.db'}"
     # Trials' checkpoints go to Tune's storage: this run's folder, or --storage (shared or cloud) on a cluster.
     storage_path = options.storage or str(out / "tune")
     if resume:
-        info["resumes"].append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
-    info["status"] = "running"
-    atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+        info.resumes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "finished_rows": len(table)})
+    info.status, info.stopped = "running", None
+    folder.write_info(info)
     try:
-        attempt = 0
-        first = [] if resume or len(table) else method.first_params()
-        while len(table) < options.trials:
-            # Further rounds continue training trials that lost their node for good and replace lost cheap
-            # trials; a round that finishes nothing ends it.
-            before = len(table)
-            unfinished = records.unfinished(table) if method.trains else []
-            queue = [{**u["params"], "_resume": {"id": u["id"], "checkpoint": u["checkpoint"]}} for u in unfinished]
-            tag = f"{len(info['resumes'])}" + (f"-{attempt}" if attempt else "")
-            round_ = tune_trials(method, options, table, records, storage_path=storage_path, study_storage=study_storage,
-                                 address=address, queue=queue + first,
-                                 sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info["resumes"]),
-                                                  options.trials),
-                                 experiment=f"tune-{tag}", done=before)
-            first = []
-            info["rejected"] = info.get("rejected", 0) + round_.rejected
-            info["repaired"] = info.get("repaired", 0) + round_.repaired
-            info["lost"] = info.get("lost", 0) + round_.lost
-            atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")  # a resume keeps these counts
-            attempt += 1
-            unfinished = records.unfinished(table) if method.trains else []
-            if (not round_.lost and not unfinished) or len(table) == before:
-                break
-        summary = finish(method, options, table, out)
-        info.update(status="finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), **summary)
-        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+        with HeartbeatThread(folder):
+            # the reference points (teacher, bicubic) and the probe crops' pictures, before any trial
+            probes = driver_reference(method, options, info, folder)
+            folder.write_info(info)
+            attempt = 0
+            first = [] if resume or len(table) else method.first_params()
+            while len(table) < options.trials:
+                # Further rounds continue training trials that lost their node for good and replace lost cheap
+                # trials; a round that finishes nothing ends it.
+                before = len(table)
+                unfinished = records.unfinished(table) if method.trains else []
+                queue = [{**u["params"], "_resume": {"id": u["id"], "checkpoint": u["checkpoint"]}} for u in unfinished]
+                tag = f"{len(info.resumes)}" + (f"-{attempt}" if attempt else "")
+                round_ = tune_trials(method, options, table, records, storage_path=storage_path,
+                                     study_storage=study_storage, address=address, queue=queue + first,
+                                     sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info.resumes),
+                                                      options.trials),
+                                     experiment=f"tune-{tag}", done=before)
+                first = []
+                info.rejected += round_.rejected
+                info.repaired += round_.repaired
+                info.lost += round_.lost
+                folder.write_info(info)  # a resume keeps these counts
+                draw_front(probes, method, table, options, info, folder)
+                attempt += 1
+                unfinished = records.unfinished(table) if method.trains else []
+                if (not round_.lost and not unfinished) or len(table) == before:
+                    break
+            finish(method, options, table, out, info)
+            draw_front(probes, method, table, options, info, folder)
+            info.status, info.finished = "finished", time.strftime("%Y-%m-%dT%H:%M:%S")
+            folder.write_info(info)
     except BaseException as exc:  # the run's state says why it stopped; its rows and checkpoints are kept
         interrupted = isinstance(exc, KeyboardInterrupt)
-        info.update(status="interrupted" if interrupted else "failed", stopped=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        atomic_write_text(run_file, json.dumps(info, indent=2) + "\n")
+        info.status = "interrupted" if interrupted else "failed"
+        info.stopped = time.strftime("%Y-%m-%dT%H:%M:%S")
+        folder.write_info(info)
         if interrupted:
             print(f"search interrupted after {len(table)} trial(s); continue it with: python -m nas.search --resume "
                   f"--out {out}", file=sys.stderr, flush=True)
         raise
     print_summary(options, method, table, out, info)
     return out
+
+
+def driver_reference(method: Method, options: SearchOptions, info: RunInfo, folder: RunFolder) -> Probes:
+    """The teacher's and the baseline's val quality into ``info`` (the points a candidate is drawn against, known
+    before the first trial), and the probe crops' input, target and teacher pictures (once per run)."""
+    device = _driver_device(options)
+    teacher = load_generator(options.teacher)
+    method.load_reference(device, teacher=teacher.module, teacher_fid=True)
+    reference = method.reference
+    info.quality_metric = reference.teacher.metric
+    info.teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
+    info.teacher_val = reference.teacher.as_dict()
+    info.baseline_val_psnr = reference.baseline.psnr if reference.baseline else None
+    probes = Probes.from_eval_set(method.val, multiple=math.lcm(method.space.multiple, teacher.space.multiple))
+    probes.write_reference(teacher.module, folder.probes_dir)
+    return probes
+
+
+def draw_front(probes: Probes, method: Method, table: ResultsTable, options: SearchOptions, info: RunInfo,
+               folder: RunFolder) -> None:
+    """The front members' pictures on the probe crops (after each round and at the end). Pictures are for
+    looking: a member that cannot be drawn is said in one line and the search goes on."""
+    from nas.pareto import pareto_front
+
+    front = pareto_front(table.frame(), macs_column=f"macs_{options.macs_convention}", budget=options.budget,
+                         higher_is_better=higher_is_better(info.quality_metric or options.quality))
+
+    def weights(row: dict[str, Any]) -> Path | None:
+        try:
+            return _weights(row, folder.path)
+        except UserError:  # not in Tune's storage (a multi-node cluster without --storage): no pictures
+            return None
+
+    try:
+        probes.update(method, front, folder.probes_dir, weights=weights)
+    except Exception as exc:  # noqa: BLE001 (pictures never cost a search its results)
+        print(f"warning: the front's probe pictures were not drawn: {exc.__class__.__name__}: {exc}",
+              file=sys.stderr, flush=True)
 
 
 QUALITY_LABELS = {"psnr": "val PSNR (dB)", "fidelity_psnr": "val PSNR against the teacher (dB)",
@@ -302,22 +348,19 @@ def _weights(row: dict[str, Any], out: Path) -> Path | None:
     return Path(path)
 
 
-def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Path) -> dict[str, Any]:
-    """Pareto front into pareto.html, and the best feasible student exported into best/."""
+def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Path, info: RunInfo) -> None:
+    """Pareto front into pareto.html, and the best feasible student exported into best/ (after
+    ``driver_reference``); the front and the best student go into ``info``."""
     from nas.pareto import pareto_front, render_html
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
     device = _driver_device(options)
-    teacher = load_generator(options.teacher)
-    method.load_reference(device, teacher=teacher.module, teacher_fid=True)
-    teacher_ref = method.reference
-    teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
-    metric = teacher_ref.teacher.metric
+    metric = info.quality_metric
     higher = higher_is_better(metric)
-    fid = _fid_counts(teacher_ref.teacher.as_dict())
-    front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=teacher_macs,
-                         teacher_quality=teacher_ref.teacher.score, higher_is_better=higher)
+    fid = _fid_counts(info.teacher_val or {})
+    front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=info.teacher_macs,
+                         teacher_quality=method.reference.teacher.score, higher_is_better=higher)
     render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "
                 f"({len(front.candidates)} candidates, budget {format_macs(options.budget)})",
                 quality_label=quality_label(metric, fid))
@@ -350,9 +393,7 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
             best["finetuned"] = {"steps": finetune_steps, **report.get("finetuned_val", best["exported"])}
             best["kept"] = report.get("kept", "finetuned")
         best["quality"] = exported.score  # what best/ holds
-    return {"best": best, "front": front.front_rows["config"].tolist(), "quality_metric": metric,
-            "teacher_macs": teacher_macs, "teacher_val": teacher_ref.teacher.as_dict(),
-            "baseline_val_psnr": teacher_ref.baseline.psnr if teacher_ref.baseline else None}
+    info.best, info.front = best, front.front_rows["config"].tolist()
 
 
 def _read_json(path: Path) -> Any:
@@ -381,27 +422,27 @@ def _with_counts(value: float, values: dict[str, Any]) -> str:
 
 
 def print_summary(options: SearchOptions, method: Method, table: ResultsTable, out: Path,
-                  info: dict[str, Any]) -> None:
+                  info: RunInfo) -> None:
     from nas.pareto import pareto_front
 
     frame = table.frame()
     column = f"macs_{options.macs_convention}"
-    metric = info.get("quality_metric", "psnr")
+    metric = info.quality_metric or "psnr"
     fid = metric == "fid"
     front = pareto_front(frame, macs_column=column, budget=options.budget, higher_is_better=higher_is_better(metric))
     rows = front.front_rows
     ok = int((frame["status"] == "ok").sum())
     errors = int((frame["status"] == "error").sum())
-    print(f"\n{ok} candidates evaluated, {errors} failed, {info.get('rejected', 0)} samples rejected over budget"
-          + (f", {info['repaired']} repaired to fit it" if info.get("repaired") else "")
+    print(f"\n{ok} candidates evaluated, {errors} failed, {info.rejected} samples rejected over budget"
+          + (f", {info.repaired} repaired to fit it" if info.repaired else "")
           + f" ({format_macs(options.budget)} MACs, {options.macs_convention})")
     if errors:
         for _, r in frame[frame["status"] == "error"].head(3).iterrows():
             print(f"  failed: trial {r['trial_id']} ({r['config']}): {r['error']}")
-    if info.get("lost"):
-        print(f"{info['lost']} trials died with a lost worker node and were replaced by new samples"
+    if info.lost:
+        print(f"{info.lost} trials died with a lost worker node and were replaced by new samples"
               + ("" if len(frame) >= options.trials else f"; {options.trials - len(frame)} could not be"))
-    teacher, baseline = info.get("teacher_val") or {}, info.get("baseline_val_psnr")
+    teacher, baseline = info.teacher_val or {}, info.baseline_val_psnr
     if fid and teacher.get("fid") is not None:
         print(f"teacher val FID {_with_counts(teacher['fid'], teacher)}, KID {teacher['kid']:.4g}")
     elif teacher.get("psnr") is not None:
@@ -418,7 +459,7 @@ def print_summary(options: SearchOptions, method: Method, table: ResultsTable, o
         beside = (f"{counts['images']}/{counts['real_images']}" if counts else "") if fid else format_share(r['share'])
         print(f"  {format_macs(float(r[column])):>8}  {float(r['quality']):>8.3f}  {beside:>{width}}  "
               f"{int(r['params']):>9,}  {float(r['latency_ms'] or 0):>7.1f}ms  {str(r['feasible']):>8}  {r['config']}")
-    best = info.get("best")
+    best = info.best
     if best and "finetuned" in best:
         inherited, tuned = best["inherited"], best["finetuned"]
         share = (lambda q: "") if fid else (lambda q: f" (share {format_share(q['share'])})")  # noqa: E731
@@ -478,20 +519,16 @@ def build_parser(method: str = "ofa") -> Parser:
     return p
 
 
-def read_run_info(out: Path) -> dict[str, Any]:
+def read_run_info(out: Path) -> RunInfo:
     """``out/run.json`` of a search to resume; one line where it is missing or damaged."""
-    run_file = out / "run.json"
-    if not run_file.is_file():
-        raise UserError(f"--resume: {out} holds no search (no run.json); start it without --resume")
-    info = _read_json(run_file)
-    if not isinstance(info, dict) or not isinstance(info.get("options"), dict):
-        raise UserError(f"--resume: {run_file} is damaged (not the JSON a search writes); the run cannot be resumed: "
-                        "start a new search in another --out")
-    return info
+    try:
+        return RunFolder(out).read_info()
+    except UserError as exc:
+        raise UserError(f"--resume: {exc}; the run cannot be resumed: start a new search in another --out") from None
 
 
 def _stored_options(out: str) -> tuple[dict[str, Any], str]:
-    stored = read_run_info(Path(out))["options"]
+    stored = read_run_info(Path(out)).options
     method = stored.get("method", "ofa")
     if method not in list_methods("search"):
         raise UserError(f"--resume: {Path(out) / 'run.json'} names the method {method!r}, which is not one of "

@@ -351,6 +351,13 @@ class Method(ABC):
         """Write the candidate of ``row`` (its student in ``weights``, fetched from the trial's
         checkpoint) as a standalone student (nas.export's forms) to ``out``."""
 
+    def probe_student(self, row: dict[str, Any], weights: Path | None) -> torch.nn.Module | None:
+        """The candidate of ``row`` as a module to draw its pictures with (on the driver, on the CPU): its
+        trial's student; None where the trial left none."""
+        from nas.checkpoint import load_generator
+
+        return load_generator(weights).module if weights is not None else None
+
 
 class TargetMethod(Method):
     """A method that trains one student per trial to a MACs target (kd, prune, dmask, agd): the target is

@@ -281,6 +281,13 @@ class OfaMethod(Method):
             self.load()
         return OfaTrial(self, self._space.validate(params))
 
+    def probe_student(self, row: dict[str, Any], weights: Path | None) -> torch.nn.Module:
+        """The subnet with inherited weights, as its trial judged it (batch norms recalibrated)."""
+        if self.supernet is None:  # on the driver: the supernet on the CPU, without the val split
+            self.supernet, record = load_supernet(self.options.supernet)
+            self.calibration = supernet_calibration(self.supernet, record, self.context.task, "cpu")
+        return self.supernet.extract(self._space.decode(row["config"]), calibration=self.calibration)
+
     def export(self, row: dict[str, Any], weights: Path | None, out: Path, *, device: str = "cpu",
                progress: bool = False) -> dict[str, Any]:
         from nas.export import export_subnet
