@@ -14,25 +14,13 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from evaluators.macs import parse_macs
 from nas.methods.ofa import OfaOptions
+from nas.pareto import hypervolume
 from nas.search import SAMPLERS, SearchOptions, run_search
 from nas.cli import Parser, at_least, run
-
-
-def hypervolume(points: np.ndarray, reference: tuple[float, float]) -> float:
-    """2-d hypervolume of (quality, macs) points, quality maximised and MACs minimised."""
-    q_ref, m_ref = reference
-    pts = sorted((m, q) for q, m in points if q > q_ref and m < m_ref)
-    volume, best = 0.0, q_ref
-    for i, (m, q) in enumerate(pts):  # sweep by MACs; each step adds the area above the best so far
-        best = max(best, q)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else m_ref
-        volume += (nxt - m) * (best - q_ref)
-    return volume
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
           f"reference point ({q_ref:.3f} dB, {budget / 1e9:.3g}G)")
     print(f"{'sampler':<10}{'hypervolume (mean)':>20}{'per seed':>30}{'best PSNR (mean)':>18}")
     for sampler, tables in runs.items():
-        volumes = [hypervolume(t[t["status"] == "ok"][["quality", "macs_torchprofile"]].to_numpy()
-                               / np.array([1.0, 1e9]), reference) for t in tables]
+        volumes = [hypervolume(t[t["status"] == "ok"]["macs_torchprofile"] / 1e9, t[t["status"] == "ok"]["quality"],
+                               ref_macs=reference[1], ref_quality=reference[0]) for t in tables]
         best = statistics.mean(float(t["quality"].max()) for t in tables)
         print(f"{sampler:<10}{statistics.mean(volumes):>20.4f}{', '.join(f'{v:.4f}' for v in volumes):>30}"
               f"{best:>18.3f}")

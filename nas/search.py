@@ -360,7 +360,8 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
     higher = higher_is_better(metric)
     fid = _fid_counts(info.teacher_val or {})
     front = pareto_front(frame, macs_column=column, budget=options.budget, teacher_macs=info.teacher_macs,
-                         teacher_quality=method.reference.teacher.score, higher_is_better=higher)
+                         teacher_quality=method.reference.teacher.score, higher_is_better=higher,
+                         baseline_quality=info.baseline_val_psnr if metric == "psnr" else None)
     render_html(front, out / "pareto.html", title=f"{method.space.name} / {options.method}: quality vs MACs "
                 f"({len(front.candidates)} candidates, budget {format_macs(options.budget)})",
                 quality_label=quality_label(metric, fid))

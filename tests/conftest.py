@@ -44,3 +44,20 @@ def tiny_source(tmp_path_factory):
                 "--out", str(out), "--steps", "3", "--batch-size", "2", "--crop", "32", "--eval-every", "3", "--checkpoint-every", "3",
                 "--no-progress", "--device", "cpu"])
     return out / "checkpoint.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_models):
+    """A finished search on the tiny models (6 random trials under 4M MACs, its best student fine-tuned 3 steps):
+    (run folder, the finished process). Tests that change it work on a copy."""
+    import os
+    import subprocess
+
+    teacher, supernet = tiny_models
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    done = subprocess.run([sys.executable, "-m", "nas.search", "--space", "tests/spaces/tiny_inception.yaml",
+                           "--teacher", str(teacher), "--supernet", str(supernet), "--out", str(out), "--no-progress",
+                           "--budget", "4M", "--trials", "6", "--sampler", "random", "--finetune-steps", "3"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out, done

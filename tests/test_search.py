@@ -10,6 +10,7 @@ import time
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from nas.methods.ofa import OfaOptions
 from nas.results import ResultsTable
@@ -31,11 +32,8 @@ def run(cmd, env=None, timeout=600):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def test_search_writes_table_front_run_and_best_student(tmp_path, tiny_models):
-    out = tmp_path / "run"
-    done = run(search_cmd(tiny_models, out, "--budget", "4M", "--trials", "6", "--sampler", "random",
-                          "--finetune-steps", "3"))
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_search_writes_table_front_run_and_best_student(tiny_run):
+    out, done = tiny_run
     table = pd.read_csv(out / "trials.csv", dtype={"config": str})
     assert len(table) == 6 and table["trial_id"].is_unique and (table["status"] == "ok").all()
     assert (table["macs_torchprofile"] <= 4_000_000).all() and table["feasible"].all()
@@ -64,6 +62,48 @@ def test_search_writes_table_front_run_and_best_student(tmp_path, tiny_models):
     assert len(complete) == 6 == len(study.trials)  # the run's study holds evaluated trials
     assert {t.user_attrs["config"] for t in complete} == set(table["config"])
     assert "Pareto front" in done.stdout and "best feasible" in done.stdout and "fine-tuned 3 steps" in done.stdout
+
+
+def test_search_draws_its_front_members_on_the_probe_crops(tiny_run, tiny_models):
+    """probes/: the crops' input, target and teacher once; for each front member (and no other trial) its output,
+    which is the subnet's own (extracted from the supernet) on the same crops, and PSNRs that match the pictures."""
+    import numpy as np
+    from PIL import Image
+
+    from nas.checkpoint import load_supernet
+    from nas.data import load_task, to_uint8
+    from nas.pareto import pareto_front
+    from nas.probes import PROBE_COUNT, Probes
+
+    out, _ = tiny_run
+    probes = out / "probes"
+    crops = json.loads((probes / "probes.json").read_text())["crops"]
+    assert len(crops) == PROBE_COUNT
+    table = pd.read_csv(out / "trials.csv", dtype={"config": str, "trial_id": str})
+    front = pareto_front(table, budget=4_000_000)
+    members = set(front.front_rows["trial_id"])
+    assert {p.name for p in (probes / "trials").iterdir()} == members and len(members) < len(table)
+    supernet, _ = load_supernet(tiny_models[1])
+    crop_set = Probes.from_eval_set(load_task("sr4x").eval_set("val"), multiple=supernet.space.multiple)
+    for trial_id in members:
+        config = table.set_index("trial_id").loc[trial_id, "config"]
+        record = json.loads((probes / "trials" / trial_id / "probe.json").read_text())
+        assert record["config"] == config and len(record["psnr"]) == PROBE_COUNT
+        subnet = supernet.extract(supernet.space.decode(config))
+        for i in range(PROBE_COUNT):
+            drawn = np.asarray(Image.open(probes / "trials" / trial_id / f"student_{i}.png"))
+            with torch.no_grad():
+                own = to_uint8(subnet.eval()(crop_set.inputs[i][None])[0])
+            assert np.abs(drawn.astype(int) - own.astype(int)).max() <= 1
+            target = np.asarray(Image.open(probes / f"target_{i}.png")).astype(float)
+            psnr = 10 * np.log10(255.0 ** 2 / ((drawn - target) ** 2).mean())
+            assert record["psnr"][i] == pytest.approx(psnr, abs=0.05)
+            assert Image.open(probes / "trials" / trial_id / f"diff_{i}.png").size == drawn.shape[1::-1]
+    beat = json.loads((out / "heartbeat.json").read_text())
+    info = json.loads((out / "run.json").read_text())
+    assert beat["pid"] > 0 and beat["host"] and info["status"] == "finished"
+    # the reference is measured when the run starts, before any trial
+    assert info["teacher_val"]["psnr"] > 10 and info["baseline_val_psnr"] > 10 and info["teacher_macs"] > 4e6
 
 
 def test_failing_trials_are_retried_then_recorded(tmp_path, tiny_models):

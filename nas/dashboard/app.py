@@ -1,0 +1,293 @@
+"""The Dash app: runs, their Pareto fronts side by side, the front members' pictures, hypervolume, training
+curves, the choices of the front and the trial table, refreshed live while a search writes its run.
+
+A poll compares the run folders' files (modification time and size) every few seconds and re-sends
+nothing when they are unchanged; when they changed, figures are re-sent with the same ``uirevision``
+(legend state) and the Pareto plot's zoom, kept from its relayout events, re-applied.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import dash
+import pandas as pd
+from dash import Input, Output, State, dash_table, dcc, html
+from flask import abort, send_file
+
+from nas.dashboard import figures
+from nas.dashboard.data import CONVENTIONS, METRICS, RunsCache, RunView
+from evaluators.macs import format_macs
+from evaluators.quality import format_share
+
+FILES_ROUTE = "/files/"
+TRIAL_COLUMNS = ["trial_id", "config", "macs_torchprofile", "macs_fvcore", "quality", "share", "psnr", "ssim",
+                 "fidelity_psnr", "latency_ms", "params", "feasible", "status", "error", "seconds", "finished_at"]
+IMAGE = {"imageRendering": "pixelated", "display": "block"}
+
+
+def serve_file(root: Path, rel: str) -> Any:
+    """A picture of a run folder; anything outside ``root`` (``..``, absolute paths, links out) is refused."""
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or target.suffix.lower() != ".png" or not target.is_file():
+        abort(404)
+    return send_file(target, mimetype="image/png", max_age=0)
+
+
+def runs_rows(runs: list[RunView]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        info, counts, best = run.info, run.counts(), run.best()
+        rows.append({
+            "id": run.key, "run": run.key, "space": info.space if info else "", "method": info.method if info else "",
+            "budget": format_macs(info.budget) if info and info.budget else "", "status": run.state(),
+            "finished": counts["finished"], "failed": counts["failed"], "rejected": counts["rejected"],
+            "lost": counts["lost"], "best": f"{best['quality']:.3f}" if best else "",
+            "share": format_share(best["share"]) if best else "", "started": info.started if info else "",
+        })
+    return rows
+
+
+def message_list(lines: list[str]) -> list[Any]:
+    return [html.Div(line, className="message", style={"background": "#fff4e5", "padding": "6px 10px",
+                                                          "margin": "4px 0", "borderLeft": "4px solid #f0a020"})
+            for line in lines]
+
+
+def picture(src: str, caption: str, side: int, zoom: float, class_name: str = "probe") -> html.Figure:
+    return html.Figure([html.Img(src=src, className=class_name, width=int(side * zoom), height=int(side * zoom),
+                                 style=IMAGE),
+                        html.Figcaption(caption, style={"fontSize": "12px", "maxWidth": f"{int(side * zoom)}px"})],
+                       style={"margin": "4px", "display": "inline-block", "verticalAlign": "top"})
+
+
+def _src(run: RunView, rel: str) -> str:
+    path = run.folder.path / rel
+    version = int(path.stat().st_mtime) if path.exists() else 0  # a redrawn picture is fetched again
+    base = "" if run.key == "." else f"{run.key}/"
+    return f"{FILES_ROUTE}{base}{rel}?v={version}"
+
+
+def _db(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} dB"
+
+
+def details(run: RunView, trial_id: str, zoom: float) -> list[Any]:
+    """A front member beside the teacher on every probe crop: input, teacher, student, target, |student - teacher|."""
+    row = run.table[run.table["trial_id"].astype(str) == trial_id]
+    head = []
+    if len(row):
+        r = row.iloc[0]
+        head = [html.H4(f"{run.key} / trial {trial_id}"),
+                html.Pre(f"config {r['config']}\nMACs {format_macs(r['macs_torchprofile'])} (torchprofile), "
+                         f"{format_macs(r['macs_fvcore'])} (fvcore); params {int(r['params']):,}\n"
+                         f"quality {r['quality']:.4f} ({r.get('quality_metric')}); share of the teacher's gain "
+                         f"{format_share(r.get('share'))}; latency {float(r['latency_ms'] or 0):.1f} ms")]
+    probe = run.pictures(trial_id)
+    if probe is None:
+        return head + message_list([f"no pictures for trial {trial_id}: only members of the run's Pareto front get "
+                                    "pictures, drawn after each round of trials and when the search ends"])
+    crops = run.probe_crops()
+    rows = []
+    for i, crop in enumerate(crops):
+        side = int(crop.get("size", 128))
+        student = f"probes/trials/{trial_id}/student_{i}.png"
+        psnr = (probe.get("psnr") or [None] * len(crops))[i]
+        fidelity = probe["fidelity_psnr"][i]
+        cells = [picture(_src(run, f"probes/input_{i}.png"), f"input ({crop.get('image')}) "
+                         f"{_db(crop.get('input_psnr'))}", side, zoom),
+                 picture(_src(run, f"probes/teacher_{i}.png"), f"teacher {_db(crop.get('teacher_psnr'))}", side, zoom),
+                 picture(_src(run, student), f"student {_db(psnr)}; vs teacher {_db(fidelity)}", side, zoom,
+                         "probe student")]
+        if (run.folder.probes_dir / f"target_{i}.png").exists():
+            cells.append(picture(_src(run, f"probes/target_{i}.png"), "target", side, zoom))
+        cells.append(picture(_src(run, f"probes/trials/{trial_id}/diff_{i}.png"), "|student - teacher|", side, zoom))
+        rows.append(html.Div(cells, style={"overflowX": "auto", "whiteSpace": "nowrap"}))
+    return head + [html.P("PSNR beside each picture: against the target; 'vs teacher': against the teacher's output. "
+                          "Heat map: black = equal, yellow = 1/4 of the range or more.", style={"fontSize": "12px"})] + rows
+
+
+def grid(chosen: list[tuple[RunView, str, float]], zoom: float) -> list[Any]:
+    """Rows = probe crops, columns = the teacher then the chosen students by MACs."""
+    with_pictures = [(run, t, m) for run, t, m in chosen if run.pictures(t) is not None]
+    if not with_pictures:
+        return message_list(["none of the selected points has pictures: select members of a Pareto front "
+                             "(box or lasso on the plot)"])
+    with_pictures.sort(key=lambda c: c[2])
+    run0 = with_pictures[0][0]
+    rows = []
+    for i, crop in enumerate(run0.probe_crops()):
+        side = int(crop.get("size", 128))
+        cells = [picture(_src(run0, f"probes/teacher_{i}.png"), f"teacher {_db(crop.get('teacher_psnr'))}", side, zoom)]
+        for run, trial_id, macs in with_pictures:
+            psnr = (run.pictures(trial_id).get("psnr") or [None] * (i + 1))[i]
+            cells.append(picture(_src(run, f"probes/trials/{trial_id}/student_{i}.png"),
+                                 f"{trial_id} {macs:.3g}G {_db(psnr)}", side, zoom, "probe grid-student"))
+        rows.append(html.Div(cells, style={"overflowX": "auto", "whiteSpace": "nowrap"}))
+    return rows
+
+
+def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
+    cache = RunsCache(root)
+    app = dash.Dash(__name__, title="gan-nas dashboard", update_title=None)
+    app.server.add_url_rule(f"{FILES_ROUTE}<path:rel>", "run_file", lambda rel: serve_file(cache.root, rel))
+
+    controls = html.Div([
+        html.Label(["quality ", dcc.Dropdown(id="metric", options=[{"label": v, "value": k} for k, v in METRICS.items()],
+                                             value="quality", clearable=False, style={"width": "280px"})]),
+        html.Label(["MACs convention ", dcc.RadioItems(id="convention", options=list(CONVENTIONS),
+                                                       value="torchprofile", inline=True)]),
+        dcc.Checklist(id="logx", options=[{"label": " log MACs axis", "value": "log"}], value=["log"], inline=True),
+        html.Label(["picture zoom ", dcc.RadioItems(id="zoom", options=[{"label": f"{z}x", "value": z}
+                                                                          for z in (1, 2, 4)], value=1, inline=True)]),
+    ], style={"display": "flex", "gap": "24px", "alignItems": "center", "flexWrap": "wrap"})
+
+    app.layout = html.Div([
+        html.H2(f"gan-nas: runs under {cache.root}"),
+        html.Div(id="messages"),
+        dash_table.DataTable(id="runs", row_selectable="multi", selected_rows=[],
+                             columns=[{"name": c, "id": c} for c in ("run", "space", "method", "budget", "status",
+                                                                     "finished", "failed", "rejected", "lost", "best",
+                                                                     "share", "started")],
+                             style_cell={"fontFamily": "monospace", "fontSize": "13px"}),
+        controls,
+        dcc.Graph(id="pareto", config={"scrollZoom": True}, style={"height": "520px"}),
+        html.P("Click a point for its pictures; box- or lasso-select several front members to compare them.",
+               style={"fontSize": "12px"}),
+        html.Div(id="details"),
+        html.Div(id="grid"),
+        html.Div([dcc.Graph(id="hypervolume", style={"height": "360px", "flex": "1"}),
+                  html.Div([dcc.Graph(id="curves", style={"height": "330px"}), html.Div(id="inflight")],
+                           style={"flex": "1"})], style={"display": "flex"}),
+        html.H4("The front's choices"),
+        dcc.Graph(id="parcoords", style={"height": "380px"}),
+        html.H4("Trials"),
+        html.Div([html.Button("download the table (CSV)", id="download-table"),
+                  html.Button("download the front (CSV)", id="download-front"), dcc.Download(id="download")]),
+        dash_table.DataTable(id="trials", filter_action="native", sort_action="native", page_size=15,
+                             style_table={"overflowX": "auto"},
+                             style_cell={"fontFamily": "monospace", "fontSize": "12px", "maxWidth": "420px",
+                                         "overflow": "hidden", "textOverflow": "ellipsis"}),
+        html.Pre(id="optuna"),
+        dcc.Store(id="signature"),
+        dcc.Store(id="view"),  # the Pareto plot's zoom, re-applied to every new figure of the same axes
+        dcc.Interval(id="poll", interval=int(interval_s * 1000)),
+    ], style={"fontFamily": "sans-serif", "margin": "12px 24px"})
+
+    def chosen_runs(rows: list[int] | None, data: list[dict] | None) -> list[RunView]:
+        wanted = {data[i]["id"] for i in rows or [] if data and i < len(data)}
+        return [r for r in cache.runs() if r.key in wanted]
+
+    @app.callback(Output("signature", "data"), Input("poll", "n_intervals"), State("signature", "data"))
+    def poll(_: int, known: str | None) -> Any:
+        # only this runs every few seconds while nothing changes: file stats, no table is read
+        current = repr(cache.signature())
+        return dash.no_update if current == known else current
+
+    @app.callback(Output("runs", "data"), Output("runs", "selected_rows"), Output("messages", "children"),
+                  Input("signature", "data"), State("runs", "selected_rows"), State("runs", "data"))
+    def runs_table(_: str | None, rows: list[int] | None, data: list[dict] | None) -> Any:
+        runs = cache.runs()
+        if not runs:
+            return [], [], message_list([f"no runs under {cache.root}: start one with `python -m nas.search --space "
+                                         f"inception --budget 0.5G --out {cache.root}/NAME` (or `make demo`)"])
+        keys = [r.key for r in runs]
+        before = {data[i]["id"] for i in rows or [] if data and i < len(data)}  # kept by name as runs come and go
+        selected = [keys.index(k) for k in keys if k in before] or [len(keys) - 1]  # the last by name by default
+        problems = [p for i in selected for p in runs[i].problems]
+        return runs_rows(runs), selected, message_list(problems)
+
+    @app.callback(Output("pareto", "figure"), Output("hypervolume", "figure"), Output("curves", "figure"),
+                  Output("inflight", "children"), Output("parcoords", "figure"), Output("trials", "data"),
+                  Output("trials", "columns"), Output("optuna", "children"),
+                  Input("runs", "selected_rows"), Input("metric", "value"), Input("convention", "value"),
+                  Input("logx", "value"), Input("signature", "data"), State("runs", "data"), State("view", "data"))
+    def views(rows: list[int] | None, metric: str, convention: str, logx: list[str], _: Any,
+              data: list[dict] | None, view: dict | None) -> Any:
+        runs = chosen_runs(rows, data)
+        pareto = figures.pareto(runs, metric, convention, "log" in (logx or []))
+        if view and view.get("axes") == axes_key(metric, convention, logx):
+            for axis in ("xaxis", "yaxis"):
+                if view.get(axis):
+                    pareto.layout[axis].update(range=view[axis], autorange=False)
+        curves, flying = figures.training_curves(runs)
+        table = pd.concat([r.table.assign(run=r.key) for r in runs if len(r.table)], ignore_index=True) \
+            if any(len(r.table) for r in runs) else pd.DataFrame(columns=["run", *TRIAL_COLUMNS])
+        columns = [c for c in ["run", *TRIAL_COLUMNS] if c in table]
+        optuna = "\n".join(f"optuna-dashboard sqlite:///{r.folder.path / 'optuna.db'}" for r in runs
+                           if (r.folder.path / "optuna.db").exists())
+        return (pareto, figures.hypervolume(runs, metric, convention), curves,
+                [html.Div(f"in flight: {line}") for line in flying],
+                figures.parallel_choices(runs[0], metric, convention) if runs else figures.empty("choose a run"),
+                table[columns].astype(object).where(table[columns].notna(), None).to_dict("records"),
+                [{"name": c, "id": c} for c in columns],
+                ("open a run's Optuna study in optuna-dashboard:\n" + optuna) if optuna else "")
+
+    @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
+                  State("metric", "value"), State("convention", "value"), State("logx", "value"))
+    def zoomed(event: dict | None, view: dict | None, metric: str, convention: str, logx: list[str]) -> Any:
+        """Keeps the user's zoom (plotly's uirevision alone loses it when Dash re-sends the figure)."""
+        key = axes_key(metric, convention, logx)
+        view = dict(view) if view and view.get("axes") == key else {"axes": key}
+        changed = False
+        for axis in ("xaxis", "yaxis"):
+            if (event or {}).get(f"{axis}.autorange") or (event or {}).get("autosize"):
+                view[axis], changed = None, True
+            elif f"{axis}.range[0]" in (event or {}):
+                view[axis], changed = [event[f"{axis}.range[0]"], event[f"{axis}.range[1]"]], True
+        return view if changed else dash.no_update  # (a selection or a legend click moves no axis)
+
+    @app.callback(Output("details", "children"), Input("pareto", "clickData"), Input("zoom", "value"))
+    def clicked(click: dict | None, zoom: float) -> Any:
+        point = _point(click)
+        if point is None:
+            return []
+        run = cache.get(point[0])
+        return details(run, point[1], zoom) if run else message_list([f"run {point[0]} is gone"])
+
+    @app.callback(Output("grid", "children"), Input("pareto", "selectedData"), Input("zoom", "value"))
+    def selected(selection: dict | None, zoom: float) -> Any:
+        seen, chosen = set(), []
+        for p in (selection or {}).get("points", []):
+            point = _point({"points": [p]})
+            if point is None or point in seen:
+                continue
+            seen.add(point)
+            run = cache.get(point[0])
+            if run is not None:
+                chosen.append((run, point[1], float(p["x"])))
+        return grid(chosen, zoom) if chosen else []
+
+    @app.callback(Output("download", "data"), Input("download-table", "n_clicks"), Input("download-front", "n_clicks"),
+                  State("runs", "selected_rows"), State("runs", "data"), State("metric", "value"),
+                  State("convention", "value"), prevent_initial_call=True)
+    def download(_: int, __: int, rows: list[int] | None, data: list[dict] | None, metric: str, convention: str) -> Any:
+        runs = chosen_runs(rows, data)
+        if dash.ctx.triggered_id == "download-front":
+            parts = [f.front_rows.assign(run=r.key) for r in runs if (f := r.front(metric, convention)) is not None]
+            name = "front.csv"
+        else:
+            parts = [r.table.assign(run=r.key) for r in runs]
+            name = "trials.csv"
+        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        return {"content": buffer.getvalue(), "filename": name}
+
+    return app
+
+
+def axes_key(metric: str, convention: str, logx: list[str] | None) -> str:
+    """A zoom belongs to the axes it was made on: another metric, convention or scale starts unzoomed."""
+    return f"{metric}|{convention}|{'log' if 'log' in (logx or []) else 'linear'}"
+
+
+def _point(click: dict | None) -> tuple[str, str] | None:
+    """(run key, trial id) of a clicked candidate; None for the teacher and other marks."""
+    points = (click or {}).get("points") or []
+    data = points[0].get("customdata") if points else None
+    if not data or len(data) < 6:
+        return None
+    return str(data[5]), str(data[4])

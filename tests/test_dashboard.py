@@ -1,0 +1,229 @@
+"""The run folder (nas.runs), the hypervolume, and the dashboard: its reading of run folders and its views on a
+real tiny search's run, then the served page in headless Chromium."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nas.dashboard.app import build_app, details, grid, runs_rows
+from nas.dashboard.data import RunsCache
+from nas.pareto import hypervolume, hypervolume_history
+from nas.results import ResultsTable
+from nas.runs import STALE_SECONDS, RunFolder, RunInfo
+from spaces.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------- run folder
+
+
+def test_run_state_comes_from_status_and_heartbeat(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    info = RunInfo(command="python -m nas.search", options={"method": "ofa", "budget": 5e8})
+    folder.write_info(info)
+    read = folder.read_info()
+    assert read == info and read.method == "ofa" and read.budget == 5e8
+    folder.beat()
+    assert folder.state(read) == "running"
+    assert folder.state(read, now=time.time() + STALE_SECONDS + 1) == "stale"  # its driver stopped refreshing
+    read.status = "interrupted"
+    assert folder.state(read, now=time.time() + 10 * STALE_SECONDS) == "interrupted"
+    (tmp_path / "run" / "run.json").write_text('{"options": ')
+    with pytest.raises(UserError, match="run.json is damaged"):
+        folder.read_info()
+
+
+def test_hypervolume_by_hand():
+    # budget 4, floor 0: points (1, 2) and (3, 3) dominate 2 x (3 - 1) + 3 x (4 - 3) = 7
+    assert hypervolume([1, 3], [2, 3], ref_macs=4, ref_quality=0) == pytest.approx(7)
+    # a dominated point, a point over the budget and one under the floor add nothing
+    assert hypervolume([1, 3, 2, 5, 0.5], [2, 3, 1, 9, -1], ref_macs=4, ref_quality=0) == pytest.approx(7)
+    # lower is better (FID): the same area mirrored
+    assert hypervolume([1, 3], [8, 7], ref_macs=4, ref_quality=10, higher_is_better=False) == pytest.approx(7)
+    history = hypervolume_history([3, 2, 1, 3.5], [3, 1, 2, 0.5], ref_macs=4, ref_quality=0)
+    assert history == pytest.approx([3, 4, 7, 7])
+
+
+# ------------------------------------------------------------------------------------- on a real run
+
+
+def _copy(tiny_run, tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run[0], runs / "tiny")
+    return runs
+
+
+@pytest.mark.xdist_group("ray")
+def test_dashboard_reads_a_run_and_shows_its_front_pictures(tiny_run, tmp_path):
+    runs = _copy(tiny_run, tmp_path)
+    cache = RunsCache(runs)
+    (view,) = cache.runs()
+    table = pd.read_csv(runs / "tiny" / "trials.csv", dtype={"trial_id": str})
+    row = runs_rows([view])[0]
+    assert row["status"] == "finished" and row["finished"] == len(table) and row["method"] == "ofa"
+    assert float(row["best"]) == pytest.approx(table["quality"].max(), abs=1e-3)
+    assert cache.runs()[0] is view  # nothing changed: nothing read again
+    for metric in ("quality", "psnr", "ssim", "fidelity_psnr"):
+        front = view.front(metric)
+        assert front is not None and len(front.front) >= 1
+        best = front.front_rows["quality"].max()
+        assert best == pytest.approx(table[metric if metric != "quality" else "quality"].max())
+    history, note = view.hypervolume()
+    assert len(history) == len(table) and history == sorted(history) and "bicubic" in note
+    member = view.front().front_rows.iloc[0]
+    shown = str(details(view, str(member["trial_id"]), 2))
+    assert f"tiny/probes/trials/{member['trial_id']}/student_0.png" in shown and "width=256" in shown
+    loser = next(t for t in table["trial_id"] if t not in set(view.front().front_rows["trial_id"]))
+    assert "only members of the run's Pareto front get pictures" in str(details(view, loser, 1))
+    chosen = [(view, str(t), float(m) / 1e9) for t, m in view.front().front_rows[["trial_id", "macs_torchprofile"]]
+              .values[::-1]]
+    cells = str(grid(chosen, 1))
+    positions = [cells.index(f"trials/{t}/student_0") for t, _ in sorted(((c[1], c[2]) for c in chosen),
+                                                                         key=lambda c: c[1])]
+    assert positions == sorted(positions)  # columns by MACs, after the teacher's
+    # a trials.csv cut short in the middle of a quoted field: a message, not an exception
+    text = (runs / "tiny" / "trials.csv").read_text()
+    (runs / "tiny" / "trials.csv").write_text(text[: text.index('"{') + 5])
+    (view,) = cache.runs()
+    assert any("could not be read" in p for p in view.problems) and view.front() is None
+
+
+@pytest.mark.xdist_group("ray")
+def test_image_route_serves_pictures_and_refuses_paths_outside_the_runs(tiny_run, tmp_path):
+    runs = _copy(tiny_run, tmp_path)
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG private")
+    (runs / "tiny" / "probes" / "link.png").symlink_to(tmp_path / "secret.png")
+    client = build_app(runs).server.test_client()
+    assert client.get("/files/tiny/probes/input_0.png").data.startswith(b"\x89PNG")
+    for path in ("/files/../secret.png", "/files/tiny/../../secret.png", "/files/%2e%2e/secret.png",
+                 "/files/tiny/probes/link.png", "/files/tiny/run.json", "/files//etc/passwd"):
+        answer = client.get(path)
+        # refused by the route, or not the route's at all (Dash's page): never the file
+        assert answer.status_code == 404 or b"<html" in answer.data, path
+        assert b"private" not in answer.data and b"root:" not in answer.data and b'"options"' not in answer.data
+
+
+def test_empty_folder_and_bad_arguments(tmp_path):
+    assert RunsCache(tmp_path).runs() == []
+    done = subprocess.run([sys.executable, "-m", "nas.dashboard", str(tmp_path / "missing")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------------------- a browser
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# the offline flags of ../shared/DASHBOARD.md: software WebGL, no sandbox (root in a container), nothing fetched
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-dev-shm-usage",
+         "--no-first-run", "--window-size=1400,1600")
+
+
+@pytest.fixture
+def browser():
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        reason = f"no {CHROMIUM} and {CHROMEDRIVER} (apt-get install --no-install-recommends chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    os.environ["SE_OFFLINE"] = "true"  # selenium never looks for a driver to download
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait(condition, timeout=20.0, what=""):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+POINTS = """const gd = document.querySelector('#pareto .js-plotly-plot');
+if (!gd || !gd._fullData) return -1;
+return gd._fullData.filter(t => /candidates|over the budget/.test(t.name)).reduce((n, t) => n + t.x.length, 0);"""
+
+
+@pytest.mark.xdist_group("ray")
+def test_dashboard_in_a_browser(tiny_run, tmp_path, browser):
+    """Loads without console errors; one point per finished trial; a click on a front point shows its pictures;
+    a row appended to the run appears without a reload, zoom kept; traversal refused; a screenshot."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from werkzeug.serving import make_server
+
+    runs = _copy(tiny_run, tmp_path)
+    server = make_server("127.0.0.1", 0, build_app(runs, interval_s=0.5).server, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        browser.get(url)
+        table = pd.read_csv(runs / "tiny" / "trials.csv", dtype={"trial_id": str})
+        _wait(lambda: browser.execute_script(POINTS) == len(table), what="one point per finished trial")
+
+        # a real click on the first front member, at its pixel
+        member = browser.execute_script("""const gd = document.querySelector('#pareto .js-plotly-plot');
+            const t = gd._fullData.find(t => /Pareto front/.test(t.name)); const L = gd._fullLayout;
+            return [L.xaxis.d2p(t.x[0]) + L._size.l, L.yaxis.d2p(t.y[0]) + L._size.t, t.customdata[0][4]];""")
+        plot = browser.find_element(By.CSS_SELECTOR, "#pareto .js-plotly-plot")
+        ActionChains(browser).move_to_element_with_offset(plot, 0, 0).perform()  # the plot's centre
+        size = plot.size
+        ActionChains(browser).move_to_element_with_offset(plot, int(member[0] - size["width"] / 2),
+                                                          int(member[1] - size["height"] / 2)).click().perform()
+        images = _wait(lambda: [i for i in browser.find_elements(By.CSS_SELECTOR, "img.student")
+                                if browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                                          i)], what="the clicked member's pictures")
+        assert len(images) == 4 and f"trials/{member[2]}/student_0.png" in images[0].get_attribute("src")
+        assert browser.execute_script("return arguments[0].naturalWidth", images[0]) > 0
+
+        # zoom, then a new trial lands in the run: it is drawn without a reload and the zoom stays
+        axis = "return document.querySelector('#pareto .js-plotly-plot')._fullLayout.xaxis.range.slice()"
+        before = browser.execute_script(axis)
+        ActionChains(browser).move_to_element(plot).perform()  # the modebar shows on hover
+        browser.find_element(By.CSS_SELECTOR, '#pareto .modebar-btn[data-title="Zoom in"]').click()
+        zoom = _wait(lambda: (r := browser.execute_script(axis)) != before and r, what="the zoom")
+        time.sleep(1)  # the zoom's relayout event reaches the server
+        browser.execute_script("window.notReloaded = true;")
+        row = table.iloc[0].to_dict()
+        results = ResultsTable(runs / "tiny" / "trials.csv")
+        results.add({**{k: (None if v != v else v) for k, v in results.rows[row["trial_id"]].items()},
+                     "trial_id": "appended", "quality": float(row["quality"]) - 0.01})
+        _wait(lambda: browser.execute_script(POINTS) == len(table) + 1, what="the appended trial's point")
+        assert browser.execute_script("return window.notReloaded === true")
+        kept = browser.execute_script(axis)
+        assert kept == pytest.approx(zoom)
+
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        for path in ("files/../../../etc/passwd", "files/%2e%2e/%2e%2e/etc/passwd"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + path)
+            assert refused.value.code == 404
+        shot = tmp_path / "dashboard.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
+    finally:
+        server.shutdown()
