@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean
+.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean screenshot
 
 venv: $(VENV)/.installed
 
@@ -53,3 +53,10 @@ gpu-check-wheels: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The README's dashboard screenshot, over the newest run under runs/ (make demo first)
+screenshot: venv
+	$(PY) -m nas.dashboard runs --port 8077 & pid=$$!; sleep 8; \
+	chromium --headless --no-sandbox --disable-gpu --enable-unsafe-swiftshader --hide-scrollbars \
+		--screenshot=docs/dashboard.png --window-size=1280,1700 --virtual-time-budget=20000 \
+		"http://127.0.0.1:8077/?trial=best"; status=$$?; kill $$pid; exit $$status

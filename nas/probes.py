@@ -4,12 +4,13 @@ The driver writes, under ``runs/NAME/probes/``:
 
     probes.json                 the crops (image, box) and the teacher's and the input's PSNR on each
     input_I.png target_I.png teacher_I.png      once per run
-    trials/ID/student_I.png     the output of each Pareto-front member (from the supernet for ofa, from the
+    trials/ID/student_I.png     the output of each Pareto-front member, drawn whenever trials.csv is rewritten
+                                (a batch of rows) and when the search ends (from the supernet for ofa, from the
     trials/ID/diff_I.png        trial's student for training methods), |student - teacher| as a heat map,
     trials/ID/probe.json        and its PSNR against the target and against the teacher per crop
 
 Only front members have pictures, and a trial that leaves the front loses its own, so the folder's size
-is bounded by the front's (4 crops of 128x128: about 0.15 MB a member), not by the trial count. The
+is bounded by the front's (4 crops of 128x128: about 0.18 MB a member, 0.3 MB for the reference), not by the trial count. The
 dashboard reads these files and runs no model.
 """
 

@@ -44,6 +44,7 @@ class ResultsTable:
         self.min_batch = min_batch
         self.rows: dict[str, dict[str, Any]] = {}
         self._unsaved = 0  # rows in the journal only
+        self.saves = 0  # how many times trials.csv was rewritten (the driver draws the front after each)
         if self.path.exists():
             import pandas as pd
 
@@ -98,6 +99,7 @@ class ResultsTable:
         atomic_write(self.path, lambda tmp: self.frame().to_csv(tmp, index=False))
         self.journal.unlink(missing_ok=True)
         self._unsaved = 0
+        self.saves += 1
 
 
 def now() -> str:

@@ -251,7 +251,8 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
                                      study_storage=study_storage, address=address, queue=queue + first,
                                      sampler=_sampler(options.sampler, options.seed + 1000 * attempt + len(info.resumes),
                                                       options.trials),
-                                     experiment=f"tune-{tag}", done=before)
+                                     experiment=f"tune-{tag}", done=before,
+                                     on_batch=lambda: draw_front(probes, method, table, options, info, folder))
                 first = []
                 info.rejected += round_.rejected
                 info.repaired += round_.repaired
@@ -298,7 +299,8 @@ def driver_reference(method: Method, options: SearchOptions, info: RunInfo, fold
 def draw_front(probes: Probes, method: Method, table: ResultsTable, options: SearchOptions, info: RunInfo,
                folder: RunFolder) -> None:
     """The front members' pictures on the probe crops (after each round and at the end). Pictures are for
-    looking: a member that cannot be drawn is said in one line and the search goes on."""
+    looking: a member that cannot be drawn is said in one line and the search goes on. Also called after each
+    batch of rows while a round runs, so that a running search's front has pictures."""
     from nas.pareto import pareto_front
 
     front = pareto_front(table.frame(), macs_column=f"macs_{options.macs_convention}", budget=options.budget,

@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from ray import tune
@@ -419,8 +419,10 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, method: Method, table: ResultsTable, records: TrialRecords, *, total: int, done: int,
-                 convention: str, budget: int, enabled: bool, clock: Clock | None = None) -> None:
+                 convention: str, budget: int, enabled: bool, clock: Clock | None = None,
+                 on_batch: Callable[[], None] | None = None) -> None:
         self.clock = clock or Clock()
+        self.on_batch, self._saves = on_batch, table.saves
         self.method, self.table, self.records, self.convention, self.budget = method, table, records, convention, budget
         self.higher_is_better = higher_is_better(method.context.quality)
         self.lost = 0
@@ -479,6 +481,9 @@ class ProgressCallback(Callback):
             self._error_row(*row_of(trial)[:2], trial.last_result["failed"])
         if row is not None:
             self._consider(row)
+        if self.on_batch is not None and self.table.saves != self._saves:
+            self._saves = self.table.saves  # a batch: as often as trials.csv is rewritten, less as it grows
+            self.on_batch()
         self._update()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -565,8 +570,9 @@ def _trial_slots(resources: dict[str, float], cpus: float, gpus: float) -> int:
 
 def tune_trials(method: Method, options, table: ResultsTable, records: TrialRecords, *, storage_path: str,
                 study_storage: str, address: str | None, sampler, experiment: str, done: int,
-                queue: list[dict[str, Any]]) -> TuneRound:
-    """Run ``options.trials - done`` trials (``queue`` first); says what was rejected, repaired and lost."""
+                queue: list[dict[str, Any]], on_batch: Callable[[], None] | None = None) -> TuneRound:
+    """Run ``options.trials - done`` trials (``queue`` first); says what was rejected, repaired and lost.
+    ``on_batch`` is called on the driver whenever ``trials.csv`` was rewritten (a batch of new rows)."""
     import ray
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
@@ -608,7 +614,7 @@ def tune_trials(method: Method, options, table: ResultsTable, records: TrialReco
                                   seed=options.seed, clock=clock)
         progress = ProgressCallback(method, table, records, total=options.trials, done=done,
                                     convention=options.macs_convention, budget=options.budget,
-                                    enabled=options.progress, clock=clock)
+                                    enabled=options.progress, clock=clock, on_batch=on_batch)
         resources = {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(MethodTrainable, context=method.context), resources)
         checkpoints = CheckpointConfig(checkpoint_at_end=True, checkpoint_frequency=1, num_to_keep=2) \

@@ -85,6 +85,12 @@ def test_kd_search_and_the_same_trial_alone(tmp_path, tiny_models):
     info = json.loads((out / "run.json").read_text())
     assert info["options"]["method"] == "kd" and info["options"]["method_options"]["steps"] == 4
     assert info["best"]["config"] in set(table["config"])
+    # the front's students, fetched from Tune's storage, are drawn on the probe crops; no other trial is
+    from nas.pareto import pareto_front
+
+    members = set(pareto_front(table, budget=3_000_000).front_rows["trial_id"])
+    assert {p.name for p in (out / "probes" / "trials").iterdir()} == members
+    assert all((out / "probes" / "trials" / m / "student_3.png").is_file() for m in members)
     assert applies_to_a_photo(out / "best" / "model.pth", tmp_path) == (96, 96)  # sr4x: four times the input
     # the trial at the budget, run alone by nas.train student: the same weights (same seed, same threads)
     alone = subprocess.run(

@@ -88,7 +88,7 @@ def details(run: RunView, trial_id: str, zoom: float) -> list[Any]:
     probe = run.pictures(trial_id)
     if probe is None:
         return head + message_list([f"no pictures for trial {trial_id}: only members of the run's Pareto front get "
-                                    "pictures, drawn after each round of trials and when the search ends"])
+                                    "pictures, drawn after each batch of trials and when the search ends"])
     crops = run.probe_crops()
     rows = []
     for i, crop in enumerate(crops):
@@ -129,6 +129,89 @@ def grid(chosen: list[tuple[RunView, str, float]], zoom: float) -> list[Any]:
     return rows
 
 
+def render(runs: list[RunView], metric: str, convention: str, logx: list[str] | None, view: dict | None) -> tuple:
+    """The views of the chosen runs: Pareto plot (with the user's zoom), hypervolume, training curves and trials
+    in flight, the trial table and the optuna-dashboard command."""
+    pareto = figures.pareto(runs, metric, convention, "log" in (logx or []))
+    if view and view.get("axes") == axes_key(metric, convention, logx):
+        for axis in ("xaxis", "yaxis"):
+            if view.get(axis):
+                pareto.layout[axis].update(range=view[axis], autorange=False)
+    curves, flying = figures.training_curves(runs)
+    optuna = "\n".join(f"optuna-dashboard sqlite:///{r.folder.path / 'optuna.db'}" for r in runs
+                       if (r.folder.path / "optuna.db").exists())
+    return (pareto, figures.hypervolume(runs, metric, convention), curves,
+            [html.Div(f"in flight: {line}") for line in flying],
+            ("open a run's Optuna study in optuna-dashboard:\n" + optuna) if optuna else "")
+
+
+def trial_page(runs: list[RunView], page: int, size: int, sort_by: list[dict] | None,
+               query: str | None) -> tuple[list[dict[str, Any]], int]:
+    """One page of the chosen runs' trials, filtered (DataTable's query language: ``{col} op value`` joined by
+    ``&&``) then sorted; and the page count."""
+    parts = [r.table.assign(run=r.key) for r in runs if len(r.table)]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", *TRIAL_COLUMNS])
+    table = filter_frame(table[[c for c in ["run", *TRIAL_COLUMNS] if c in table]], query or "")
+    if sort_by:
+        key = sort_by[0]
+        if key["column_id"] in table:
+            table = table.sort_values(key["column_id"], ascending=key["direction"] == "asc", kind="stable",
+                                      na_position="last")
+    pages = max(1, -(-len(table) // size))
+    rows = table.iloc[page * size:(page + 1) * size]
+    return rows.astype(object).where(rows.notna(), None).to_dict("records"), pages
+
+
+FILTER_OPERATORS = (("s>=", ">="), ("s<=", "<="), ("s!=", "!="), ("s>", ">"), ("s<", "<"), ("s=", "="),
+                    (">=", ">="), ("<=", "<="), ("!=", "!="), ("ge ", ">="), ("le ", "<="), ("ne ", "!="),
+                    ("gt ", ">"), ("lt ", "<"), ("eq ", "="), (">", ">"), ("<", "<"), ("=", "="),
+                    ("scontains ", "contains"), ("icontains ", "contains"), ("contains ", "contains"))
+
+
+def filter_frame(table: pd.DataFrame, query: str) -> pd.DataFrame:
+    """Rows matching every ``{column} operator value`` part of a DataTable filter query; a part that names no
+    column of the table, or is not understood, filters nothing."""
+    import operator as op
+
+    compare = {">=": op.ge, "<=": op.le, "!=": op.ne, ">": op.gt, "<": op.lt, "=": op.eq}
+    for part in query.split(" && "):
+        part = part.strip()
+        if not part.startswith("{") or "}" not in part:
+            continue
+        column, rest = part[1:part.index("}")], part[part.index("}") + 1:].strip()
+        if column not in table:
+            continue
+        for token, name in FILTER_OPERATORS:
+            if rest.startswith(token):
+                value = rest[len(token):].strip().strip('"').strip("'")
+                break
+        else:
+            continue
+        values = table[column]
+        if name == "contains":
+            table = table[values.astype(str).str.contains(value, case=False, regex=False, na=False)]
+            continue
+        number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if number == number and numeric.notna().any():
+            table = table[compare[name](numeric, number).fillna(False)]
+        else:
+            table = table[compare[name](values.astype(str), value)]
+    return table
+
+
+def runs_state(cache: RunsCache, chosen: set[str]) -> tuple[list[dict[str, Any]], list[int], list[Any]]:
+    """The runs table's rows, the rows ticked (``chosen`` by name where they still exist, else the newest run),
+    and the messages of the ticked runs."""
+    runs = cache.runs()
+    if not runs:
+        return [], [], message_list([f"no runs under {cache.root}: start one with `python -m nas.search --space "
+                                     f"inception --budget 0.5G --out {cache.root}/NAME` (or `make demo`)"])
+    keys = [r.key for r in runs]
+    selected = [keys.index(k) for k in keys if k in chosen] or [keys.index(newest(runs).key)]
+    return runs_rows(runs), selected, message_list([p for i in selected for p in runs[i].problems])
+
+
 def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
     cache = RunsCache(root)
     app = dash.Dash(__name__, title="gan-nas dashboard", update_title=None)
@@ -144,37 +227,47 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
                                                                           for z in (1, 2, 4)], value=1, inline=True)]),
     ], style={"display": "flex", "gap": "24px", "alignItems": "center", "flexWrap": "wrap"})
 
-    app.layout = html.Div([
-        html.H2(f"gan-nas: runs under {cache.root}"),
-        html.Div(id="messages"),
-        dash_table.DataTable(id="runs", row_selectable="multi", selected_rows=[],
-                             columns=[{"name": c, "id": c} for c in ("run", "space", "method", "budget", "status",
-                                                                     "finished", "failed", "rejected", "lost", "best",
-                                                                     "share", "started")],
-                             style_cell={"fontFamily": "monospace", "fontSize": "13px"}),
-        controls,
-        dcc.Graph(id="pareto", config={"scrollZoom": True}, style={"height": "520px"}),
-        html.P("Click a point for its pictures; box- or lasso-select several front members to compare them.",
-               style={"fontSize": "12px"}),
-        html.Div(id="details"),
-        html.Div(id="grid"),
-        html.Div([dcc.Graph(id="hypervolume", style={"height": "360px", "flex": "1"}),
-                  html.Div([dcc.Graph(id="curves", style={"height": "330px"}), html.Div(id="inflight")],
-                           style={"flex": "1"})], style={"display": "flex"}),
-        html.H4("The front's choices"),
-        dcc.Graph(id="parcoords", style={"height": "380px"}),
-        html.H4("Trials"),
-        html.Div([html.Button("download the table (CSV)", id="download-table"),
-                  html.Button("download the front (CSV)", id="download-front"), dcc.Download(id="download")]),
-        dash_table.DataTable(id="trials", filter_action="native", sort_action="native", page_size=15,
-                             style_table={"overflowX": "auto"},
-                             style_cell={"fontFamily": "monospace", "fontSize": "12px", "maxWidth": "420px",
-                                         "overflow": "hidden", "textOverflow": "ellipsis"}),
-        html.Pre(id="optuna"),
-        dcc.Store(id="signature"),
-        dcc.Store(id="view"),  # the Pareto plot's zoom, re-applied to every new figure of the same axes
-        dcc.Interval(id="poll", interval=int(interval_s * 1000)),
-    ], style={"fontFamily": "sans-serif", "margin": "12px 24px"})
+    def layout() -> html.Div:
+        # made per page load with the runs as they are: the first views are drawn without a round trip
+        data, selected, messages = runs_state(cache, set())
+        return html.Div([
+            html.H2(f"gan-nas: runs under {cache.root}"),
+            html.Div(messages, id="messages"),
+            dash_table.DataTable(id="runs", row_selectable="multi", data=data, selected_rows=selected,
+                                 columns=[{"name": c, "id": c} for c in ("run", "space", "method", "budget", "status",
+                                                                         "finished", "failed", "rejected", "lost", "best",
+                                                                         "share", "started")],
+                                 style_cell={"fontFamily": "monospace", "fontSize": "13px"}),
+            controls,
+            dcc.Graph(id="pareto", config={"scrollZoom": True}, style={"height": "520px"}),
+            html.P("Click a point for its pictures; box- or lasso-select several front members to compare them.",
+                   style={"fontSize": "12px"}),
+            html.Div(id="details"),
+            html.Div(id="grid"),
+            html.Div([dcc.Graph(id="hypervolume", style={"height": "360px", "flex": "1"}),
+                      html.Div([dcc.Graph(id="curves", style={"height": "330px"}), html.Div(id="inflight")],
+                               style={"flex": "1"})], style={"display": "flex"}),
+            # drawn when opened: parallel coordinates are WebGL, whose start costs seconds under software rendering
+            html.Details([html.Summary("The front's choices (parallel coordinates)"),
+                          dcc.Graph(id="parcoords", style={"height": "380px"})], id="choices", open=False),
+            html.H4("Trials"),
+            html.Div([html.Button("download the table (CSV)", id="download-table"),
+                      html.Button("download the front (CSV)", id="download-front"), dcc.Download(id="download")]),
+            # paged, sorted and filtered on the server: a 10,000-trial table never travels whole
+            dash_table.DataTable(id="trials", columns=[{"name": c, "id": c} for c in ["run", *TRIAL_COLUMNS]],
+                                 page_action="custom", page_current=0, page_size=15, sort_action="custom",
+                                 sort_mode="single", sort_by=[], filter_action="custom", filter_query="",
+                                 style_table={"overflowX": "auto"},
+                                 style_cell={"fontFamily": "monospace", "fontSize": "12px", "maxWidth": "420px",
+                                             "overflow": "hidden", "textOverflow": "ellipsis"}),
+            html.Pre(id="optuna"),
+            dcc.Location(id="url"),
+            dcc.Store(id="signature", data=repr(cache.signature())),
+            dcc.Store(id="view"),  # the Pareto plot's zoom, re-applied to every new figure of the same axes
+            dcc.Interval(id="poll", interval=int(interval_s * 1000)),
+        ], style={"fontFamily": "sans-serif", "margin": "12px 24px"})
+
+    app.layout = layout
 
     def chosen_runs(rows: list[int] | None, data: list[dict] | None) -> list[RunView]:
         wanted = {data[i]["id"] for i in rows or [] if data and i < len(data)}
@@ -187,43 +280,36 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
         return dash.no_update if current == known else current
 
     @app.callback(Output("runs", "data"), Output("runs", "selected_rows"), Output("messages", "children"),
-                  Input("signature", "data"), State("runs", "selected_rows"), State("runs", "data"))
+                  Input("signature", "data"), State("runs", "selected_rows"), State("runs", "data"),
+                  prevent_initial_call=True)
     def runs_table(_: str | None, rows: list[int] | None, data: list[dict] | None) -> Any:
-        runs = cache.runs()
-        if not runs:
-            return [], [], message_list([f"no runs under {cache.root}: start one with `python -m nas.search --space "
-                                         f"inception --budget 0.5G --out {cache.root}/NAME` (or `make demo`)"])
-        keys = [r.key for r in runs]
         before = {data[i]["id"] for i in rows or [] if data and i < len(data)}  # kept by name as runs come and go
-        selected = [keys.index(k) for k in keys if k in before] or [len(keys) - 1]  # the last by name by default
-        problems = [p for i in selected for p in runs[i].problems]
-        return runs_rows(runs), selected, message_list(problems)
+        return runs_state(cache, before)
 
     @app.callback(Output("pareto", "figure"), Output("hypervolume", "figure"), Output("curves", "figure"),
-                  Output("inflight", "children"), Output("parcoords", "figure"), Output("trials", "data"),
-                  Output("trials", "columns"), Output("optuna", "children"),
+                  Output("inflight", "children"), Output("optuna", "children"),
                   Input("runs", "selected_rows"), Input("metric", "value"), Input("convention", "value"),
                   Input("logx", "value"), Input("signature", "data"), State("runs", "data"), State("view", "data"))
     def views(rows: list[int] | None, metric: str, convention: str, logx: list[str], _: Any,
               data: list[dict] | None, view: dict | None) -> Any:
+        return render(chosen_runs(rows, data), metric, convention, logx, view)
+
+    @app.callback(Output("parcoords", "figure"), Input("choices", "open"), Input("runs", "selected_rows"),
+                  Input("metric", "value"), Input("convention", "value"), Input("signature", "data"),
+                  State("runs", "data"))
+    def choices(opened: bool, rows: list[int] | None, metric: str, convention: str, _: Any,
+                data: list[dict] | None) -> Any:
+        if not opened:
+            return dash.no_update
         runs = chosen_runs(rows, data)
-        pareto = figures.pareto(runs, metric, convention, "log" in (logx or []))
-        if view and view.get("axes") == axes_key(metric, convention, logx):
-            for axis in ("xaxis", "yaxis"):
-                if view.get(axis):
-                    pareto.layout[axis].update(range=view[axis], autorange=False)
-        curves, flying = figures.training_curves(runs)
-        table = pd.concat([r.table.assign(run=r.key) for r in runs if len(r.table)], ignore_index=True) \
-            if any(len(r.table) for r in runs) else pd.DataFrame(columns=["run", *TRIAL_COLUMNS])
-        columns = [c for c in ["run", *TRIAL_COLUMNS] if c in table]
-        optuna = "\n".join(f"optuna-dashboard sqlite:///{r.folder.path / 'optuna.db'}" for r in runs
-                           if (r.folder.path / "optuna.db").exists())
-        return (pareto, figures.hypervolume(runs, metric, convention), curves,
-                [html.Div(f"in flight: {line}") for line in flying],
-                figures.parallel_choices(runs[0], metric, convention) if runs else figures.empty("choose a run"),
-                table[columns].astype(object).where(table[columns].notna(), None).to_dict("records"),
-                [{"name": c, "id": c} for c in columns],
-                ("open a run's Optuna study in optuna-dashboard:\n" + optuna) if optuna else "")
+        return figures.parallel_choices(runs[0], metric, convention) if runs else figures.empty("choose a run")
+
+    @app.callback(Output("trials", "data"), Output("trials", "page_count"), Input("trials", "page_current"),
+                  Input("trials", "page_size"), Input("trials", "sort_by"), Input("trials", "filter_query"),
+                  Input("runs", "selected_rows"), Input("signature", "data"), State("runs", "data"))
+    def trials(page: int, size: int, sort_by: list[dict], query: str, rows: list[int] | None, _: Any,
+               data: list[dict] | None) -> Any:
+        return trial_page(chosen_runs(rows, data), page or 0, size or 15, sort_by, query)
 
     @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
                   State("metric", "value"), State("convention", "value"), State("logx", "value"))
@@ -239,13 +325,15 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
                 view[axis], changed = [event[f"{axis}.range[0]"], event[f"{axis}.range[1]"]], True
         return view if changed else dash.no_update  # (a selection or a legend click moves no axis)
 
-    @app.callback(Output("details", "children"), Input("pareto", "clickData"), Input("zoom", "value"))
-    def clicked(click: dict | None, zoom: float) -> Any:
-        point = _point(click)
+    @app.callback(Output("details", "children"), Input("pareto", "clickData"), Input("zoom", "value"),
+                  Input("url", "search"))
+    def clicked(click: dict | None, zoom: float, search: str | None) -> Any:
+        # a link can open a candidate: ?run=KEY&trial=ID (trial=best: the run's best feasible candidate)
+        point = _point(click) if click else linked(cache, search)
         if point is None:
             return []
         run = cache.get(point[0])
-        return details(run, point[1], zoom) if run else message_list([f"run {point[0]} is gone"])
+        return details(run, point[1], zoom) if run else message_list([f"run {point[0]} is not under {cache.root}"])
 
     @app.callback(Output("grid", "children"), Input("pareto", "selectedData"), Input("zoom", "value"))
     def selected(selection: dict | None, zoom: float) -> Any:
@@ -277,6 +365,28 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
         return {"content": buffer.getvalue(), "filename": name}
 
     return app
+
+
+def linked(cache: RunsCache, search: str | None) -> tuple[str, str] | None:
+    """(run key, trial id) named by a link's query (?run=KEY&trial=ID|best); the run defaults to the newest."""
+    from urllib.parse import parse_qs
+
+    query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
+    if "trial" not in query:
+        return None
+    runs = cache.runs()
+    run = next((r for r in runs if r.key == query.get("run")), None) if "run" in query else newest(runs)
+    if run is None:
+        return (query.get("run", ""), query["trial"])
+    if query["trial"] == "best":
+        best = run.best()
+        return (run.key, best["trial_id"]) if best else None
+    return (run.key, query["trial"])
+
+
+def newest(runs: list[RunView]) -> RunView | None:
+    """The run started last (what a user who just started a search wants to see)."""
+    return max(runs, key=lambda r: (r.info.started if r.info else "", r.key), default=None)
 
 
 def axes_key(metric: str, convention: str, logx: list[str] | None) -> str:

@@ -125,7 +125,8 @@ class RunView:
             return None
         quality = pd.to_numeric(feasible["quality"], errors="coerce")
         row = feasible.loc[quality.idxmax() if higher_is_better(self.metric) else quality.idxmin()]
-        return {"quality": float(row["quality"]), "share": _float(row.get("share")), "config": row["config"]}
+        return {"quality": float(row["quality"]), "share": _float(row.get("share")), "config": row["config"],
+                "trial_id": str(row["trial_id"])}
 
     def pictures(self, trial_id: str) -> dict[str, Any] | None:
         """probe.json of a candidate with pictures, None where it has none."""

@@ -14,6 +14,9 @@ from nas.pareto import pareto_figure
 COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 # zoom and legend state survive a refresh of the data (plotly keeps them while uirevision is unchanged)
 UIREVISION = "runs"
+# WebGL draws 10,000s of points where SVG would crawl, but its context costs seconds to start under software
+# rendering: small runs are drawn as SVG
+WEBGL_FROM = 1000
 
 
 def empty(message: str) -> go.Figure:
@@ -44,7 +47,7 @@ def pareto(runs: list[RunView], metric: str, convention: str, log_x: bool) -> go
         if front is None:
             continue
         pareto_figure(front, quality_label=metric_label([run], metric), name=run.key if len(runs) > 1 else "",
-                      color=colour(i), fig=fig, webgl=True, log_x=log_x, run_key=run.key)
+                      color=colour(i), fig=fig, webgl=len(run.table) > WEBGL_FROM, log_x=log_x, run_key=run.key)
         drawn += 1
     if not drawn:
         return empty("no finished trials to draw yet" if runs else "choose a run in the table above")
