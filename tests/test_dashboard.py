@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nas.dashboard.app import build_app, details, grid, runs_rows
+from nas.dashboard.app import build_app, details, grid, runs_rows, trial_page
 from nas.dashboard.data import RunsCache
 from nas.pareto import hypervolume, hypervolume_history
 from nas.results import ResultsTable
@@ -108,7 +108,29 @@ def test_image_route_serves_pictures_and_refuses_paths_outside_the_runs(tiny_run
         answer = client.get(path)
         # refused by the route, or not the route's at all (Dash's page): never the file
         assert answer.status_code == 404 or b"<html" in answer.data, path
-        assert b"private" not in answer.data and b"root:" not in answer.data and b'"options"' not in answer.data
+        assert b"PNG private" not in answer.data and b"root:x:" not in answer.data
+        assert (runs / "tiny" / "run.json").read_bytes() not in answer.data
+
+
+def test_trial_table_is_filtered_sorted_and_paged_on_the_server(tmp_path):
+    """DataTable's filter language on the server: numbers compare as numbers, text contains; then a page."""
+    (tmp_path / "run").mkdir()
+    table = ResultsTable(tmp_path / "run" / "trials.csv")
+    for i in range(40):
+        table.add({"trial_id": f"t{i:02d}", "quality": 20.0 + i / 10, "status": "error" if i % 10 == 3 else "ok",
+                   "error": "CUDA out of memory" if i % 10 == 3 else None, "config": f"c{i}",
+                   "macs_torchprofile": 1e6 * (40 - i), "feasible": True})
+    table.save()
+    RunFolder(tmp_path / "run").write_info(RunInfo(options={"budget": 1e8}))
+    (view,) = RunsCache(tmp_path).runs()
+    rows, pages = trial_page([view], 0, 15, [], "")
+    assert pages == 3 and len(rows) == 15 and rows[0]["run"] == "run"
+    rows, pages = trial_page([view], 0, 15, [{"column_id": "quality", "direction": "desc"}], "{quality} s> 22.5")
+    assert [r["trial_id"] for r in rows] == [f"t{i:02d}" for i in range(39, 25, -1)] + [] and pages == 1
+    rows, _ = trial_page([view], 0, 15, [], '{error} icontains "memory" && {quality} >= 21')
+    assert [r["trial_id"] for r in rows] == ["t13", "t23", "t33"]
+    rows, _ = trial_page([view], 1, 15, [{"column_id": "macs_torchprofile", "direction": "asc"}], "{nonsense} > 1")
+    assert [r["trial_id"] for r in rows][:2] == ["t24", "t23"]  # an unknown column filters nothing
 
 
 def test_empty_folder_and_bad_arguments(tmp_path):

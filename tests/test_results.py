@@ -51,3 +51,21 @@ def test_rows_survive_a_killed_driver_through_the_journal(tmp_path):
     assert sorted(again.rows) == [f"t{i}" for i in range(5)] and again.rows["t4"]["quality"] == 24.0
     again.save()
     assert len(pd.read_csv(tmp_path / "trials.csv")) == 5 and not (tmp_path / "trials.journal").exists()
+
+
+def test_read_frame_is_the_tables_frame(tmp_path):
+    """The readers' fast path gives the rows ResultsTable gives: the CSV's, then the journal's replayed over them
+    (a replaced row keeps its new values, a line cut short is skipped, empty text stays empty)."""
+    table = ResultsTable(tmp_path / "trials.csv", min_batch=3)
+    for i in range(4):  # three rows reach the CSV, the fourth is in the journal only
+        table.add({"trial_id": f"t{i}", "quality": float(i), "feasible": i % 2 == 0, "status": "ok", "config": f"c{i}"})
+    table.add({"trial_id": "t1", "quality": 9.0, "feasible": True, "status": "ok", "config": "c1"})
+    with open(tmp_path / "trials.journal", "a") as f:
+        f.write('{"trial_id": "t9", "qual')
+    fast = ResultsTable.read_frame(tmp_path / "trials.csv").set_index("trial_id")
+    slow = ResultsTable(tmp_path / "trials.csv").frame().set_index("trial_id")
+    assert sorted(fast.index) == sorted(slow.index) == ["t0", "t1", "t2", "t3"]
+    for column in ("quality", "feasible", "status", "config"):
+        assert fast.loc[slow.index, column].tolist() == slow[column].tolist()
+    assert fast.loc["t1", "quality"] == 9.0 and bool(fast.loc["t1", "feasible"])
+    assert fast["error"].isna().all() and slow["error"].isna().all()

@@ -183,7 +183,7 @@ def read_run(folder: RunFolder, key: str) -> RunView:
     table = pd.DataFrame(columns=["trial_id", "status", "quality"])
     if folder.trials_file.exists() or folder.trials_file.with_suffix(".journal").exists():
         try:
-            table = ResultsTable(folder.trials_file).frame()
+            table = ResultsTable.read_frame(folder.trials_file)
         except Exception as exc:  # noqa: BLE001 (a damaged table of any kind is a message, not a crash)
             problems.append(f"{folder.trials_file} could not be read ({exc.__class__.__name__}: {exc}); "
                             "the search rewrites it whole at its next batch of trials")
