@@ -54,9 +54,13 @@ gpu-check-wheels: venv
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The README's dashboard screenshot, over the newest run under runs/ (make demo first)
+# The README's dashboard screenshot: the newest demo run (make demo first), its best candidate's pictures open
+DEMO_RUN ?= $(patsubst %/run.json,%,$(lastword $(sort $(wildcard runs/demo-2*/run.json))))
 screenshot: venv
-	$(PY) -m nas.dashboard runs --port 8077 & pid=$$!; sleep 8; \
+	test -n "$(DEMO_RUN)" || { echo "no runs/demo-*/: run make demo first"; exit 2; }
+	$(PY) -m nas.dashboard $(DEMO_RUN) --port 8077 & pid=$$!; \
+	for i in $$(seq 60); do $(PY) -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8077/')" 2>/dev/null \
+		&& break; sleep 1; done; \
 	chromium --headless --no-sandbox --disable-gpu --enable-unsafe-swiftshader --hide-scrollbars \
-		--screenshot=docs/dashboard.png --window-size=1280,1700 --virtual-time-budget=20000 \
+		--screenshot=docs/dashboard.png --window-size=1280,1500 --virtual-time-budget=20000 \
 		"http://127.0.0.1:8077/?trial=best"; status=$$?; kill $$pid; exit $$status

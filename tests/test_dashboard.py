@@ -1,7 +1,6 @@
 """The run folder (nas.runs), the hypervolume, and the dashboard: its reading of run folders and its views on a
 real tiny search's run, then the served page in headless Chromium."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nas.dashboard.app import build_app, details, grid, runs_rows, trial_page
+from nas.dashboard.app import build_app, csv_of, details, grid, runs_rows, trial_page
 from nas.dashboard.data import RunsCache
 from nas.pareto import hypervolume, hypervolume_history
 from nas.results import ResultsTable
@@ -133,6 +132,46 @@ def test_trial_table_is_filtered_sorted_and_paged_on_the_server(tmp_path):
     assert [r["trial_id"] for r in rows][:2] == ["t24", "t23"]  # an unknown column filters nothing
 
 
+def test_pareto_plot_marks_infeasible_leaves_out_failed_and_draws_the_references(tmp_path):
+    import io
+
+    from nas.dashboard import figures
+
+    (tmp_path / "run").mkdir()
+    table = ResultsTable(tmp_path / "run" / "trials.csv")
+    rows = [("a", 1e8, 25.0, "ok"), ("b", 2e8, 26.0, "ok"), ("c", 3e8, 25.5, "ok"), ("d", 6e8, 27.0, "ok"),
+            ("e", 1e8, None, "error")]
+    for trial_id, macs, quality, status in rows:
+        table.add({"trial_id": trial_id, "macs_torchprofile": macs, "quality": quality, "psnr": quality,
+                   "status": status, "config": trial_id, "feasible": macs <= 5e8 if quality else None,
+                   "finished_at": trial_id, "error": None if quality else "boom"})
+    table.save()
+    RunFolder(tmp_path / "run").write_info(RunInfo(options={"budget": 5e8}, quality_metric="psnr", teacher_macs=2e9,
+                                                   teacher_val={"psnr": 27.5}, baseline_val_psnr=24.5))
+    (view,) = RunsCache(tmp_path).runs()
+    fig = figures.pareto([view], "quality", "torchprofile", True)
+    traces = {t.name: t for t in fig.data}
+    assert len(traces["candidates"].x) == 3 and len(traces["over the budget"].x) == 1  # e (failed) not drawn
+    assert traces["over the budget"].marker.symbol == "x" and list(traces["Pareto front"].customdata[:, 4]) == ["a", "b", "d"]
+    assert list(traces["teacher"].x) == [2.0] and fig.layout.xaxis.type == "log"
+    lines = {(s.type, s.x0, s.y0) for s in fig.layout.shapes}
+    assert ("line", 0.5, 0) in lines and any(y == 24.5 for _, _, y in lines)  # budget and bicubic
+    history, _ = view.hypervolume()
+    # a alone: 0.4G x 0.5 dB; with b: 0.1 x 0.5 + 0.3 x 1.5; c is dominated, d over the budget
+    assert history == pytest.approx([0.2, 0.5, 0.5, 0.5])
+    front = pd.read_csv(io.StringIO(csv_of([view], True)))
+    assert list(front["trial_id"]) == ["a", "b", "d"] and set(front["run"]) == {"run"}
+    assert len(pd.read_csv(io.StringIO(csv_of([view], False)))) == 5
+
+
+def test_remaining_time_of_a_trial_in_flight():
+    from nas.dashboard.figures import remaining
+
+    now = time.time()
+    progress = pd.DataFrame({"time": [now - 100, now - 50, now], "step": [10, 20, 30], "steps": [130] * 3})
+    assert remaining(progress) == "step 30/130, about 8.3 min left"  # 10 steps per 50 s, 100 steps to go
+
+
 def test_empty_folder_and_bad_arguments(tmp_path):
     assert RunsCache(tmp_path).runs() == []
     done = subprocess.run([sys.executable, "-m", "nas.dashboard", str(tmp_path / "missing")], capture_output=True,
@@ -185,7 +224,7 @@ return gd._fullData.filter(t => /candidates|over the budget/.test(t.name)).reduc
 
 
 @pytest.mark.xdist_group("ray")
-def test_dashboard_in_a_browser(tiny_run, tmp_path, browser):
+def test_dashboard_in_a_browser(tiny_run, tmp_path, browser, capsys):
     """Loads without console errors; one point per finished trial; a click on a front point shows its pictures;
     a row appended to the run appears without a reload, zoom kept; traversal refused; a screenshot."""
     import threading
@@ -246,6 +285,7 @@ def test_dashboard_in_a_browser(tiny_run, tmp_path, browser):
         shot = tmp_path / "dashboard.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        with capsys.disabled():  # shown whatever pytest's capture
+            print(f"\ndashboard screenshot: {shot}")
     finally:
         server.shutdown()

@@ -41,7 +41,7 @@ def runs_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     for run in runs:
         info, counts, best = run.info, run.counts(), run.best()
         rows.append({
-            "id": run.key, "run": run.key, "space": info.space if info else "", "method": info.method if info else "",
+            "id": run.key, "run": run.label, "space": info.space if info else "", "method": info.method if info else "",
             "budget": format_macs(info.budget) if info and info.budget else "", "status": run.state(),
             "finished": counts["finished"], "failed": counts["failed"], "rejected": counts["rejected"],
             "lost": counts["lost"], "best": f"{best['quality']:.3f}" if best else "",
@@ -59,7 +59,8 @@ def message_list(lines: list[str]) -> list[Any]:
 def picture(src: str, caption: str, side: int, zoom: float, class_name: str = "probe") -> html.Figure:
     return html.Figure([html.Img(src=src, className=class_name, width=int(side * zoom), height=int(side * zoom),
                                  style=IMAGE),
-                        html.Figcaption(caption, style={"fontSize": "12px", "maxWidth": f"{int(side * zoom)}px"})],
+                        html.Figcaption(caption, style={"fontSize": "12px", "width": f"{int(side * zoom)}px",
+                                                        "whiteSpace": "normal"})],
                        style={"margin": "4px", "display": "inline-block", "verticalAlign": "top"})
 
 
@@ -80,7 +81,7 @@ def details(run: RunView, trial_id: str, zoom: float) -> list[Any]:
     head = []
     if len(row):
         r = row.iloc[0]
-        head = [html.H4(f"{run.key} / trial {trial_id}"),
+        head = [html.H4(f"{run.label} / trial {trial_id}"),
                 html.Pre(f"config {r['config']}\nMACs {format_macs(r['macs_torchprofile'])} (torchprofile), "
                          f"{format_macs(r['macs_fvcore'])} (fvcore); params {int(r['params']):,}\n"
                          f"quality {r['quality']:.4f} ({r.get('quality_metric')}); share of the teacher's gain "
@@ -198,6 +199,17 @@ def filter_frame(table: pd.DataFrame, query: str) -> pd.DataFrame:
         else:
             table = table[compare[name](values.astype(str), value)]
     return table
+
+
+def csv_of(runs: list[RunView], front: bool, metric: str = "quality", convention: str = "torchprofile") -> str:
+    """The chosen runs' trials (or their fronts' rows, for ``metric``), a column naming each row's run."""
+    if front:
+        parts = [f.front_rows.assign(run=r.key) for r in runs if (f := r.front(metric, convention)) is not None]
+    else:
+        parts = [r.table.assign(run=r.key) for r in runs]
+    buffer = io.StringIO()
+    (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()).to_csv(buffer, index=False)
+    return buffer.getvalue()
 
 
 def runs_state(cache: RunsCache, chosen: set[str]) -> tuple[list[dict[str, Any]], list[int], list[Any]]:
@@ -352,17 +364,9 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
                   State("runs", "selected_rows"), State("runs", "data"), State("metric", "value"),
                   State("convention", "value"), prevent_initial_call=True)
     def download(_: int, __: int, rows: list[int] | None, data: list[dict] | None, metric: str, convention: str) -> Any:
-        runs = chosen_runs(rows, data)
-        if dash.ctx.triggered_id == "download-front":
-            parts = [f.front_rows.assign(run=r.key) for r in runs if (f := r.front(metric, convention)) is not None]
-            name = "front.csv"
-        else:
-            parts = [r.table.assign(run=r.key) for r in runs]
-            name = "trials.csv"
-        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        buffer = io.StringIO()
-        frame.to_csv(buffer, index=False)
-        return {"content": buffer.getvalue(), "filename": name}
+        front = dash.ctx.triggered_id == "download-front"
+        return {"content": csv_of(chosen_runs(rows, data), front, metric, convention),
+                "filename": "front.csv" if front else "trials.csv"}
 
     return app
 

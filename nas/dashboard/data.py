@@ -5,6 +5,7 @@ becomes a message shown in the page."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,11 @@ class RunView:
     _fronts: dict[tuple[str, str], ParetoFront] = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """The run's name as shown: its key, or its folder's name where the dashboard serves that one run."""
+        return self.folder.path.name if self.key == "." else self.key
+
+    @property
     def metric(self) -> str:
         return (self.info.quality_metric if self.info else None) or "psnr"
 
@@ -83,6 +89,9 @@ class RunView:
             teacher_quality = teacher.get(self.metric if metric == "quality" else metric)
             if metric == "share":
                 teacher_quality = 1.0 if info.baseline_val_psnr is not None else None
+            teacher_quality = _float(teacher_quality)
+            if teacher_quality is not None and not math.isfinite(teacher_quality):  # its fidelity to itself
+                teacher_quality = None
             self._fronts[(metric, convention)] = pareto_front(
                 self.table.assign(**{metric: pd.to_numeric(self.table[metric], errors="coerce")}),
                 macs_column=f"macs_{convention}", budget=info.budget,

@@ -46,7 +46,7 @@ def pareto(runs: list[RunView], metric: str, convention: str, log_x: bool) -> go
         front = run.front(metric, convention)
         if front is None:
             continue
-        pareto_figure(front, quality_label=metric_label([run], metric), name=run.key if len(runs) > 1 else "",
+        pareto_figure(front, quality_label=metric_label([run], metric), name=run.label if len(runs) > 1 else "",
                       color=colour(i), fig=fig, webgl=len(run.table) > WEBGL_FROM, log_x=log_x, run_key=run.key)
         drawn += 1
     if not drawn:
@@ -65,9 +65,9 @@ def hypervolume(runs: list[RunView], metric: str, convention: str) -> go.Figure:
     for i, run in enumerate(runs):
         history, note = run.hypervolume(metric, convention)
         if history:
-            fig.add_trace(go.Scatter(x=list(range(1, len(history) + 1)), y=history, mode="lines", name=run.key,
+            fig.add_trace(go.Scatter(x=list(range(1, len(history) + 1)), y=history, mode="lines", name=run.label,
                                      line={"color": colour(i), "shape": "hv"}))
-            notes.append(f"{run.key}: {note}" if len(runs) > 1 else note)
+            notes.append(f"{run.label}: {note}" if len(runs) > 1 else note)
     if not fig.data:
         return empty("no feasible candidates above the reference point yet")
     fig.update_layout(template="plotly_white", xaxis_title="finished trials", yaxis_title="hypervolume (G x quality)",
