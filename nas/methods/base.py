@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -194,6 +195,7 @@ class SearchThenTrainTrial(Trial):
     def __init__(self, method: Method, target: float, search: Any, finetune_steps: int) -> None:
         self.method, self.target, self.search, self.finetune_steps = method, float(target), search, finetune_steps
         self.finetune: TrainingTrial | None = None
+        self._cpu_began = time.process_time()  # the search's CPU cost is reported with the student
 
     @property
     def objective(self) -> Any:
@@ -226,6 +228,8 @@ class SearchThenTrainTrial(Trial):
                 return {"step": self.steps_done, "steps": self.steps_total, "loss": s.loss}
         if self.finetune is None:
             self.finetune = self.derive()
+            # (a method may know it better: agd counts its search steps alone)
+            self.finetune.extra.setdefault("search_cpu_s", round(time.process_time() - self._cpu_began, 1))
         out = self.finetune.step()
         if isinstance(out, dict):
             return {**out, "step": self.steps_done, "steps": self.steps_total}
