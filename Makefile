@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean screenshot
+.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean screenshot bench-methods
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ bench: venv
 	$(PY) bench/method_sr4x.py --method prune --space inception
 	$(PY) bench/method_sr4x.py --method dmask --space resnet
 	$(PY) bench/sampler_efficiency.py
+
+# Five methods at three budgets through nas.search (hours on 2 CPU cores; continue with ARGS=--resume)
+bench-methods: venv
+	$(PY) bench/methods.py --json bench/results/methods.json $(ARGS)
 
 # Per-trial cost as a search grows: 2,000-trial searches, three repeats, and old against new code (about an hour)
 bench-overhead: venv

@@ -259,7 +259,17 @@ def test_dashboard_in_a_browser(tiny_run, tmp_path, browser, capsys):
         assert len(images) == 4 and f"trials/{member[2]}/student_0.png" in images[0].get_attribute("src")
         assert browser.execute_script("return arguments[0].naturalWidth", images[0]) > 0
 
-        # zoom, then a new trial lands in the run: it is drawn without a reload and the zoom stays
+        # a box over the whole plot: the front members' pictures side by side
+        drag = browser.find_element(By.CSS_SELECTOR, "#pareto .nsewdrag")
+        w, h = drag.size["width"], drag.size["height"]
+        ActionChains(browser).move_to_element_with_offset(drag, -w // 2 + 3, -h // 2 + 3).click_and_hold() \
+            .move_by_offset(w - 6, h - 6).release().perform()
+        grid = "return document.querySelectorAll('img.grid-student').length"
+        shown = _wait(lambda: browser.execute_script(grid), what="the selected members' grid")
+        assert shown == 4 * len(set(pd.read_csv(runs / "tiny" / "trials.csv", dtype={"trial_id": str})["trial_id"])
+                                & {p.name for p in (runs / "tiny" / "probes" / "trials").iterdir()})
+
+        # zoom, then a new trial lands in the run: it is drawn without a reload; zoom and selection stay
         axis = "return document.querySelector('#pareto .js-plotly-plot')._fullLayout.xaxis.range.slice()"
         before = browser.execute_script(axis)
         ActionChains(browser).move_to_element(plot).perform()  # the modebar shows on hover
@@ -275,6 +285,9 @@ def test_dashboard_in_a_browser(tiny_run, tmp_path, browser, capsys):
         assert browser.execute_script("return window.notReloaded === true")
         kept = browser.execute_script(axis)
         assert kept == pytest.approx(zoom)
+        assert browser.execute_script(grid) == shown
+        assert browser.execute_script("return document.querySelector('#pareto .js-plotly-plot')"
+                                      "._fullLayout.selections.length") == 1
 
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors

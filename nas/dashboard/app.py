@@ -138,6 +138,8 @@ def render(runs: list[RunView], metric: str, convention: str, logx: list[str] | 
         for axis in ("xaxis", "yaxis"):
             if view.get(axis):
                 pareto.layout[axis].update(range=view[axis], autorange=False)
+        if view.get("selections"):
+            pareto.layout.selections = view["selections"]
     curves, flying = figures.training_curves(runs)
     optuna = "\n".join(f"optuna-dashboard sqlite:///{r.folder.path / 'optuna.db'}" for r in runs
                        if (r.folder.path / "optuna.db").exists())
@@ -275,7 +277,8 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
             html.Pre(id="optuna"),
             dcc.Location(id="url"),
             dcc.Store(id="signature", data=repr(cache.signature())),
-            dcc.Store(id="view"),  # the Pareto plot's zoom, re-applied to every new figure of the same axes
+            dcc.Store(id="view"),  # the Pareto plot's zoom and selection, re-applied to every new figure of its axes
+            dcc.Store(id="chosen"),  # the selected candidates the grid shows
             dcc.Interval(id="poll", interval=int(interval_s * 1000)),
         ], style={"fontFamily": "sans-serif", "margin": "12px 24px"})
 
@@ -326,16 +329,36 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
     @app.callback(Output("view", "data"), Input("pareto", "relayoutData"), State("view", "data"),
                   State("metric", "value"), State("convention", "value"), State("logx", "value"))
     def zoomed(event: dict | None, view: dict | None, metric: str, convention: str, logx: list[str]) -> Any:
-        """Keeps the user's zoom (plotly's uirevision alone loses it when Dash re-sends the figure)."""
-        key = axes_key(metric, convention, logx)
+        """Keeps the user's zoom and box or lasso (plotly's uirevision alone loses them when Dash re-sends the
+        figure)."""
+        key, event = axes_key(metric, convention, logx), event or {}
         view = dict(view) if view and view.get("axes") == key else {"axes": key}
         changed = False
         for axis in ("xaxis", "yaxis"):
-            if (event or {}).get(f"{axis}.autorange") or (event or {}).get("autosize"):
+            if event.get(f"{axis}.autorange") or event.get("autosize"):
                 view[axis], changed = None, True
-            elif f"{axis}.range[0]" in (event or {}):
+            elif f"{axis}.range[0]" in event:
                 view[axis], changed = [event[f"{axis}.range[0]"], event[f"{axis}.range[1]"]], True
-        return view if changed else dash.no_update  # (a selection or a legend click moves no axis)
+        if "selections" in event:  # drawn, moved, or cleared (a double click)
+            view["selections"], changed = event["selections"] or None, True
+        return view if changed else dash.no_update  # (a legend click moves nothing)
+
+    @app.callback(Output("chosen", "data"), Input("pareto", "selectedData"), Input("view", "data"))
+    def choose(selection: dict | None, view: dict | None) -> Any:
+        """The selected candidates: (run, trial, GMACs). A re-sent figure reports no selection; only the user's
+        clearing of the box or lasso clears them."""
+        if dash.ctx.triggered_id == "view":
+            return None if not (view or {}).get("selections") else dash.no_update
+        points = (selection or {}).get("points") or []
+        if not points:
+            return dash.no_update
+        seen, chosen = set(), []
+        for p in points:
+            point = _point({"points": [p]})
+            if point is not None and point not in seen:
+                seen.add(point)
+                chosen.append([point[0], point[1], float(p["x"])])
+        return chosen
 
     @app.callback(Output("details", "children"), Input("pareto", "clickData"), Input("zoom", "value"),
                   Input("url", "search"))
@@ -347,18 +370,10 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
         run = cache.get(point[0])
         return details(run, point[1], zoom) if run else message_list([f"run {point[0]} is not under {cache.root}"])
 
-    @app.callback(Output("grid", "children"), Input("pareto", "selectedData"), Input("zoom", "value"))
-    def selected(selection: dict | None, zoom: float) -> Any:
-        seen, chosen = set(), []
-        for p in (selection or {}).get("points", []):
-            point = _point({"points": [p]})
-            if point is None or point in seen:
-                continue
-            seen.add(point)
-            run = cache.get(point[0])
-            if run is not None:
-                chosen.append((run, point[1], float(p["x"])))
-        return grid(chosen, zoom) if chosen else []
+    @app.callback(Output("grid", "children"), Input("chosen", "data"), Input("zoom", "value"))
+    def selected(chosen: list | None, zoom: float) -> Any:
+        found = [(run, trial, macs) for key, trial, macs in chosen or [] if (run := cache.get(key)) is not None]
+        return grid(found, zoom) if found else []
 
     @app.callback(Output("download", "data"), Input("download-table", "n_clicks"), Input("download-front", "n_clicks"),
                   State("runs", "selected_rows"), State("runs", "data"), State("metric", "value"),
