@@ -82,6 +82,9 @@ class Probes:
             image = val.inputs[k]
             _, h, w = image.shape
             side = max(multiple, min(size, h, w) // multiple * multiple)
+            if side > min(h, w):
+                raise ValueError(f"val image {val.names[k]} ({h}x{w}) is smaller than the generators' multiple "
+                                 f"({multiple})")
             top, left = rng.randint(0, h - side), rng.randint(0, w - side)
             inputs.append(image[:, top:top + side, left:left + side])
             if targets is not None:

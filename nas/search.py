@@ -280,7 +280,7 @@ def run_search(options: SearchOptions, *, resume: bool = False, command: str = "
     return out
 
 
-def driver_reference(method: Method, options: SearchOptions, info: RunInfo, folder: RunFolder) -> Probes:
+def driver_reference(method: Method, options: SearchOptions, info: RunInfo, folder: RunFolder) -> Probes | None:
     """The teacher's and the baseline's val quality into ``info`` (the points a candidate is drawn against, known
     before the first trial), and the probe crops' input, target and teacher pictures (once per run)."""
     device = _driver_device(options)
@@ -291,18 +291,24 @@ def driver_reference(method: Method, options: SearchOptions, info: RunInfo, fold
     info.teacher_macs = getattr(teacher.space.cost(teacher.config), options.macs_convention)
     info.teacher_val = reference.teacher.as_dict()
     info.baseline_val_psnr = reference.baseline.psnr if reference.baseline else None
-    probes = Probes.from_eval_set(method.val, multiple=math.lcm(method.space.multiple, teacher.space.multiple))
-    probes.write_reference(teacher.module, folder.probes_dir)
+    try:
+        probes = Probes.from_eval_set(method.val, multiple=math.lcm(method.space.multiple, teacher.space.multiple))
+        probes.write_reference(teacher.module, folder.probes_dir)
+    except Exception as exc:  # noqa: BLE001 (pictures never cost a search its results)
+        print(f"warning: no probe pictures for this run: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        return None
     return probes
 
 
-def draw_front(probes: Probes, method: Method, table: ResultsTable, options: SearchOptions, info: RunInfo,
+def draw_front(probes: Probes | None, method: Method, table: ResultsTable, options: SearchOptions, info: RunInfo,
                folder: RunFolder) -> None:
     """The front members' pictures on the probe crops (after each round and at the end). Pictures are for
     looking: a member that cannot be drawn is said in one line and the search goes on. Also called after each
     batch of rows while a round runs, so that a running search's front has pictures."""
     from nas.pareto import pareto_front
 
+    if probes is None:
+        return
     front = pareto_front(table.frame(), macs_column=f"macs_{options.macs_convention}", budget=options.budget,
                          higher_is_better=higher_is_better(info.quality_metric or options.quality))
 
