@@ -70,17 +70,21 @@ class ResultsTable:
         import pandas as pd
 
         path = Path(path)
+        # the journal first: a batch written in between moves its rows into the CSV read next (the journal is
+        # removed after the CSV is replaced), so a row is read twice at worst, never lost
+        rows = []
+        try:
+            lines = path.with_suffix(".journal").read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a killed driver
+                continue
         parts = [pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS})] if path.exists() else []
-        journal = path.with_suffix(".journal")
-        if journal.exists():
-            rows = []
-            for line in journal.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut short by a killed driver
-                    continue
-            if rows:
-                parts.append(pd.DataFrame(rows))
+        if rows:
+            parts.append(pd.DataFrame(rows))
         if not parts:
             return pd.DataFrame(columns=COLUMNS)
         frame = pd.concat(parts, ignore_index=True).reindex(columns=COLUMNS)

@@ -1,6 +1,7 @@
 """The run folder (nas.runs), the hypervolume, and the dashboard: its reading of run folders and its views on a
 real tiny search's run, then the served page in headless Chromium."""
 
+import io
 import os
 import shutil
 import subprocess
@@ -133,8 +134,6 @@ def test_trial_table_is_filtered_sorted_and_paged_on_the_server(tmp_path):
 
 
 def test_pareto_plot_marks_infeasible_leaves_out_failed_and_draws_the_references(tmp_path):
-    import io
-
     from nas.dashboard import figures
 
     (tmp_path / "run").mkdir()
@@ -162,6 +161,57 @@ def test_pareto_plot_marks_infeasible_leaves_out_failed_and_draws_the_references
     front = pd.read_csv(io.StringIO(csv_of([view], True)))
     assert list(front["trial_id"]) == ["a", "b", "d"] and set(front["run"]) == {"run"}
     assert len(pd.read_csv(io.StringIO(csv_of([view], False)))) == 5
+
+
+def _synthetic_run(folder, rows, info):
+    folder.mkdir(parents=True)
+    table = ResultsTable(folder / "trials.csv")
+    for row in rows:
+        table.add(row)
+    table.save()
+    RunFolder(folder).write_info(info)
+
+
+def test_odd_rows_and_links_give_messages_not_errors(tmp_path):
+    """A diverged student (NaN quality), a failed trial without MACs, the front's CSV by another metric, links
+    that name a run by its label or a path as a trial, a linked run folder, unticking every run, and an FID run
+    written before run.json said its metric."""
+    from nas.dashboard.app import linked, runs_state
+
+    runs = tmp_path / "runs"
+    _synthetic_run(runs / "a", [
+        {"trial_id": "ok1", "macs_torchprofile": 1e8, "quality": 25.0, "share": 0.4, "psnr": 25.0, "status": "ok",
+         "feasible": True, "config": "c1", "finished_at": "1"},
+        {"trial_id": "nan", "macs_torchprofile": 2e8, "quality": float("nan"), "status": "ok", "feasible": True,
+         "config": "c2", "finished_at": "2"},
+        {"trial_id": "failed", "status": "error", "error": "CUDA out of memory", "config": "c3", "finished_at": "3"}],
+        RunInfo(options={"budget": 5e8}, quality_metric="psnr", started="2026-01-01"))
+    (view,) = RunsCache(runs).runs()
+    assert view.best()["trial_id"] == "ok1"
+    _synthetic_run(runs / "b", [{"trial_id": "n", "macs_torchprofile": 1e8, "quality": float("nan"), "status": "ok",
+                                 "feasible": True, "config": "c", "finished_at": "1"}],
+                   RunInfo(options={"budget": 5e8}, started="2026-01-02"))
+    assert RunsCache(runs).runs()[1].best() is None and runs_rows(RunsCache(runs).runs())[1]["best"] == ""
+    shown = str(details(view, "failed", 1))
+    assert "MACs n/a" in shown and "CUDA out of memory" in shown
+    by_share = pd.read_csv(io.StringIO(csv_of([view], True, "share")))
+    assert list(by_share["quality"]) == [25.0] and list(by_share["share"]) == [0.4]  # the table's own columns
+    cache = RunsCache(runs)
+    assert linked(cache, "?run=a&trial=best") == ("a", "ok1")
+    assert linked(cache, "?trial=../../etc") is None and linked(cache, "?trial=x/y") is None
+    assert RunsCache(runs / "a").get(".") is not None and linked(RunsCache(runs / "a"), "?run=a&trial=ok1") == (".", "ok1")
+    assert runs_state(cache, None)[1] == [1] and runs_state(cache, set())[1] == []  # newest first; unticked stays
+    # a run folder linked in from elsewhere keeps its name, and its pictures are served
+    elsewhere = tmp_path / "elsewhere" / "c"
+    _synthetic_run(elsewhere, [], RunInfo(options={"budget": 5e8, "quality": "fid"}))
+    (elsewhere / "probes").mkdir()
+    (elsewhere / "probes" / "input_0.png").write_bytes(b"\x89PNG linked")
+    (runs / "c").symlink_to(elsewhere)
+    cache = RunsCache(runs)
+    assert [r.key for r in cache.runs()] == ["a", "b", "c"]
+    assert build_app(runs).server.test_client().get("/files/c/probes/input_0.png").data == b"\x89PNG linked"
+    # an FID run whose run.json predates its quality_metric: lower is better all the same
+    assert cache.get("c").metric == "fid" and not cache.get("c").higher_is_better("quality")
 
 
 def test_remaining_time_of_a_trial_in_flight():

@@ -28,10 +28,12 @@ TRIAL_COLUMNS = ["trial_id", "config", "macs_torchprofile", "macs_fvcore", "qual
 IMAGE = {"imageRendering": "pixelated", "display": "block"}
 
 
-def serve_file(root: Path, rel: str) -> Any:
-    """A picture of a run folder; anything outside ``root`` (``..``, absolute paths, links out) is refused."""
+def serve_file(root: Path, rel: str, runs: list[Path]) -> Any:
+    """A picture of a run folder; anything outside ``root`` and the run folders linked under it (``..``, absolute
+    paths, other links out) is refused."""
     target = (root / rel).resolve()
-    if not target.is_relative_to(root) or target.suffix.lower() != ".png" or not target.is_file():
+    inside = target.is_relative_to(root) or any(target.is_relative_to(run) for run in runs)
+    if not inside or target.suffix.lower() != ".png" or not target.is_file():
         abort(404)
     return send_file(target, mimetype="image/png", max_age=0)
 
@@ -71,6 +73,17 @@ def _src(run: RunView, rel: str) -> str:
     return f"{FILES_ROUTE}{base}{rel}?v={version}"
 
 
+def _number(value: Any, form: Any) -> str:
+    """``value`` through ``form`` (a format string or a function); "n/a" where there is no number (a failed trial's)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    if number != number:
+        return "n/a"
+    return form(number) if callable(form) else form.format(number)
+
+
 def _db(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} dB"
 
@@ -82,10 +95,11 @@ def details(run: RunView, trial_id: str, zoom: float) -> list[Any]:
     if len(row):
         r = row.iloc[0]
         head = [html.H4(f"{run.label} / trial {trial_id}"),
-                html.Pre(f"config {r['config']}\nMACs {format_macs(r['macs_torchprofile'])} (torchprofile), "
-                         f"{format_macs(r['macs_fvcore'])} (fvcore); params {int(r['params']):,}\n"
-                         f"quality {r['quality']:.4f} ({r.get('quality_metric')}); share of the teacher's gain "
-                         f"{format_share(r.get('share'))}; latency {float(r['latency_ms'] or 0):.1f} ms")]
+                html.Pre(f"config {r['config']}\nMACs {_number(r['macs_torchprofile'], format_macs)} (torchprofile), "
+                         f"{_number(r['macs_fvcore'], format_macs)} (fvcore); params {_number(r['params'], '{:,.0f}')}"
+                         f"\nquality {_number(r['quality'], '{:.4f}')} ({r.get('quality_metric')}); share of the "
+                         f"teacher's gain {format_share(r.get('share'))}; latency "
+                         f"{_number(r['latency_ms'], '{:.1f} ms')}" + (f"\nerror: {r['error']}" if r.get("error") else ""))]
     probe = run.pictures(trial_id)
     if probe is None:
         return head + message_list([f"no pictures for trial {trial_id}: only members of the run's Pareto front get "
@@ -112,22 +126,27 @@ def details(run: RunView, trial_id: str, zoom: float) -> list[Any]:
 
 def grid(chosen: list[tuple[RunView, str, float]], zoom: float) -> list[Any]:
     """Rows = probe crops, columns = the teacher then the chosen students by MACs."""
-    with_pictures = [(run, t, m) for run, t, m in chosen if run.pictures(t) is not None]
+    with_pictures = [(run, t, m, probe) for run, t, m in chosen if (probe := run.pictures(t)) is not None]
     if not with_pictures:
         return message_list(["none of the selected points has pictures: select members of a Pareto front "
                              "(box or lasso on the plot)"])
     with_pictures.sort(key=lambda c: c[2])
     run0 = with_pictures[0][0]
+    crops = run0.probe_crops()
+    # students of runs with other crops (another val split or teacher) cannot share the first run's rows
+    same = [c for c in with_pictures if c[0].probe_crops() == crops]
+    notes = [] if len(same) == len(with_pictures) else message_list(
+        [f"left out of the grid: the selected candidates of runs whose probe crops differ from {run0.label}'s"])
     rows = []
-    for i, crop in enumerate(run0.probe_crops()):
+    for i, crop in enumerate(crops):
         side = int(crop.get("size", 128))
         cells = [picture(_src(run0, f"probes/teacher_{i}.png"), f"teacher {_db(crop.get('teacher_psnr'))}", side, zoom)]
-        for run, trial_id, macs in with_pictures:
-            psnr = (run.pictures(trial_id).get("psnr") or [None] * (i + 1))[i]
+        for run, trial_id, macs, probe in same:
+            psnr = (probe.get("psnr") or [None] * (i + 1))[i]
             cells.append(picture(_src(run, f"probes/trials/{trial_id}/student_{i}.png"),
                                  f"{trial_id} {macs:.3g}G {_db(psnr)}", side, zoom, "probe grid-student"))
         rows.append(html.Div(cells, style={"overflowX": "auto", "whiteSpace": "nowrap"}))
-    return rows
+    return notes + rows
 
 
 def render(runs: list[RunView], metric: str, convention: str, logx: list[str] | None, view: dict | None) -> tuple:
@@ -143,7 +162,7 @@ def render(runs: list[RunView], metric: str, convention: str, logx: list[str] | 
     curves, flying = figures.training_curves(runs)
     optuna = "\n".join(f"optuna-dashboard sqlite:///{r.folder.path / 'optuna.db'}" for r in runs
                        if (r.folder.path / "optuna.db").exists())
-    return (pareto, figures.hypervolume(runs, metric, convention), curves,
+    return (pareto, figures.hypervolume(runs, metric), curves,
             [html.Div(f"in flight: {line}") for line in flying],
             ("open a run's Optuna study in optuna-dashboard:\n" + optuna) if optuna else "")
 
@@ -205,8 +224,8 @@ def filter_frame(table: pd.DataFrame, query: str) -> pd.DataFrame:
 
 def csv_of(runs: list[RunView], front: bool, metric: str = "quality", convention: str = "torchprofile") -> str:
     """The chosen runs' trials (or their fronts' rows, for ``metric``), a column naming each row's run."""
-    if front:
-        parts = [f.front_rows.assign(run=r.key) for r in runs if (f := r.front(metric, convention)) is not None]
+    if front:  # (the front's rows as the table holds them: pareto_front puts the chosen metric in "quality")
+        parts = [r.table.loc[f.front].assign(run=r.key) for r in runs if (f := r.front(metric, convention)) is not None]
     else:
         parts = [r.table.assign(run=r.key) for r in runs]
     buffer = io.StringIO()
@@ -214,22 +233,25 @@ def csv_of(runs: list[RunView], front: bool, metric: str = "quality", convention
     return buffer.getvalue()
 
 
-def runs_state(cache: RunsCache, chosen: set[str]) -> tuple[list[dict[str, Any]], list[int], list[Any]]:
-    """The runs table's rows, the rows ticked (``chosen`` by name where they still exist, else the newest run),
-    and the messages of the ticked runs."""
+def runs_state(cache: RunsCache, chosen: set[str] | None) -> tuple[list[dict[str, Any]], list[int], list[Any]]:
+    """The runs table's rows, the rows ticked (``chosen`` by name where they still exist; the newest run on a first
+    load or when every chosen run is gone; none when the user unticked them all), and the ticked runs' messages."""
     runs = cache.runs()
     if not runs:
         return [], [], message_list([f"no runs under {cache.root}: start one with `python -m nas.search --space "
                                      f"inception --budget 0.5G --out {cache.root}/NAME` (or `make demo`)"])
     keys = [r.key for r in runs]
-    selected = [keys.index(k) for k in keys if k in chosen] or [keys.index(newest(runs).key)]
+    selected = [keys.index(k) for k in keys if k in (chosen or ())]
+    if chosen is None or (chosen and not selected):
+        selected = [keys.index(newest(runs).key)]
     return runs_rows(runs), selected, message_list([p for i in selected for p in runs[i].problems])
 
 
 def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
     cache = RunsCache(root)
     app = dash.Dash(__name__, title="gan-nas dashboard", update_title=None)
-    app.server.add_url_rule(f"{FILES_ROUTE}<path:rel>", "run_file", lambda rel: serve_file(cache.root, rel))
+    app.server.add_url_rule(f"{FILES_ROUTE}<path:rel>", "run_file",
+                            lambda rel: serve_file(cache.root, rel, [r.folder.path.resolve() for r in cache.runs()]))
 
     controls = html.Div([
         html.Label(["quality ", dcc.Dropdown(id="metric", options=[{"label": v, "value": k} for k, v in METRICS.items()],
@@ -243,7 +265,7 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
 
     def layout() -> html.Div:
         # made per page load with the runs as they are: the first views are drawn without a round trip
-        data, selected, messages = runs_state(cache, set())
+        data, selected, messages = runs_state(cache, None)
         return html.Div([
             html.H2(f"gan-nas: runs under {cache.root}"),
             html.Div(messages, id="messages"),
@@ -298,7 +320,8 @@ def build_app(root: str | Path, *, interval_s: float = 2.0) -> dash.Dash:
                   Input("signature", "data"), State("runs", "selected_rows"), State("runs", "data"),
                   prevent_initial_call=True)
     def runs_table(_: str | None, rows: list[int] | None, data: list[dict] | None) -> Any:
-        before = {data[i]["id"] for i in rows or [] if data and i < len(data)}  # kept by name as runs come and go
+        # kept by name as runs come and go
+        before = {data[i]["id"] for i in rows or [] if i < len(data)} if data else None
         return runs_state(cache, before)
 
     @app.callback(Output("pareto", "figure"), Output("hypervolume", "figure"), Output("curves", "figure"),
@@ -393,8 +416,10 @@ def linked(cache: RunsCache, search: str | None) -> tuple[str, str] | None:
     query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
     if "trial" not in query:
         return None
+    if any(part in ("", ".", "..") for part in query["trial"].split("/")) or "/" in query["trial"]:
+        return None  # a trial id names a folder of the run: nothing else
     runs = cache.runs()
-    run = next((r for r in runs if r.key == query.get("run")), None) if "run" in query else newest(runs)
+    run = next((r for r in runs if query.get("run") in (r.key, r.label)), None) if "run" in query else newest(runs)
     if run is None:
         return (query.get("run", ""), query["trial"])
     if query["trial"] == "best":

@@ -67,7 +67,14 @@ class RunView:
 
     @property
     def metric(self) -> str:
-        return (self.info.quality_metric if self.info else None) or "psnr"
+        """The run's quality metric: run.json's, else the table's (runs that wrote it only when they finished),
+        else the metric the run was asked for."""
+        if self.info and self.info.quality_metric:
+            return self.info.quality_metric
+        named = self.table["quality_metric"].dropna() if "quality_metric" in self.table else ()
+        if len(named):
+            return str(named.iloc[0])
+        return str(self.info.options.get("quality") or "psnr") if self.info else "psnr"
 
     def state(self) -> str:
         return self.folder.state(self.info) if self.info else "unreadable"
@@ -92,19 +99,21 @@ class RunView:
             teacher_quality = _float(teacher_quality)
             if teacher_quality is not None and not math.isfinite(teacher_quality):  # its fidelity to itself
                 teacher_quality = None
+            own = convention == info.convention  # the budget and the teacher's MACs are in the run's convention
             self._fronts[(metric, convention)] = pareto_front(
                 self.table.assign(**{metric: pd.to_numeric(self.table[metric], errors="coerce")}),
-                macs_column=f"macs_{convention}", budget=info.budget,
-                teacher_macs=info.teacher_macs if convention == info.convention else None,
+                macs_column=f"macs_{convention}", budget=info.budget if own else None,
+                teacher_macs=info.teacher_macs if own else None,
                 teacher_quality=teacher_quality, higher_is_better=self.higher_is_better(metric),
                 baseline_quality=(info.baseline_val_psnr if psnr_like else 0.0 if metric == "share" and
                                   info.baseline_val_psnr is not None else None),
                 quality_column=metric)
         return self._fronts[(metric, convention)]
 
-    def hypervolume(self, metric: str = "quality", convention: str = "torchprofile") -> tuple[list[float], str]:
-        """Hypervolume after each finished trial (by finishing time), and what its reference point is."""
-        front = self.front(metric, convention)
+    def hypervolume(self, metric: str = "quality") -> tuple[list[float], str]:
+        """Hypervolume after each finished trial (by finishing time), and what its reference point is (MACs in the
+        run's convention, where its budget is)."""
+        front = self.front(metric, self.info.convention if self.info else "torchprofile")
         if front is None or self.info is None or self.info.budget is None:
             return [], ""
         rows = front.candidates.sort_values("finished_at", kind="stable")
@@ -132,7 +141,9 @@ class RunView:
         feasible = ok[ok["feasible"].astype(str).str.lower().isin(["true", "1"])]
         if not len(feasible):
             return None
-        quality = pd.to_numeric(feasible["quality"], errors="coerce")
+        quality = pd.to_numeric(feasible["quality"], errors="coerce").dropna()  # a diverged student has none
+        if not len(quality):
+            return None
         row = feasible.loc[quality.idxmax() if higher_is_better(self.metric) else quality.idxmin()]
         return {"quality": float(row["quality"]), "share": _float(row.get("share")), "config": row["config"],
                 "trial_id": str(row["trial_id"])}
@@ -146,8 +157,9 @@ class RunView:
         return data.get("crops", []) if isinstance(data, dict) else []
 
     def trial_progress(self) -> list[dict[str, Any]]:
-        """Training trials' progress (steps, loss, time) and whether each is still in flight."""
-        out = []
+        """Training trials' progress (steps, loss, time) and whether each is still in flight (a trial of a run
+        that is not running is not, whatever its record says)."""
+        out, running = [], self.state() == "running"
         root = self.folder.trials_dir
         if not root.is_dir():
             return out
@@ -162,7 +174,7 @@ class RunView:
             info = _read_json(record.parent / "trial.json") or {}
             trial_id = record.parent.name
             out.append({"trial_id": trial_id, "progress": progress,
-                        "in_flight": trial_id not in finished and info.get("status") == "running"})
+                        "in_flight": running and trial_id not in finished and info.get("status") == "running"})
         return out
 
 
@@ -213,7 +225,7 @@ class RunsCache:
         self._views: dict[str, tuple[tuple, RunView]] = {}
 
     def key(self, folder: RunFolder) -> str:
-        rel = os.path.relpath(folder.path.resolve(), self.root)
+        rel = os.path.relpath(folder.path, self.root)  # (a linked run folder is named by its link)
         return Path(rel).as_posix()
 
     def runs(self) -> list[RunView]:

@@ -59,11 +59,12 @@ def pareto(runs: list[RunView], metric: str, convention: str, log_x: bool) -> go
     return fig
 
 
-def hypervolume(runs: list[RunView], metric: str, convention: str) -> go.Figure:
+def hypervolume(runs: list[RunView], metric: str) -> go.Figure:
+    """Each run's hypervolume against its finished trials (in its own MACs convention, that of its budget)."""
     fig = go.Figure()
     notes = []
     for i, run in enumerate(runs):
-        history, note = run.hypervolume(metric, convention)
+        history, note = run.hypervolume(metric)
         if history:
             fig.add_trace(go.Scatter(x=list(range(1, len(history) + 1)), y=history, mode="lines", name=run.label,
                                      line={"color": colour(i), "shape": "hv"}))
@@ -100,7 +101,8 @@ def remaining(progress: pd.DataFrame) -> str:
     """'step S/N, about M min left', from the pace of the trial's reports since its last (re)start."""
     last = progress.iloc[-1]
     step, steps = int(last["step"]), int(last["steps"])
-    since = progress[progress["time"] >= progress["time"].iloc[0]]
+    restarts = progress.index[progress["restored_at"].notna()] if "restored_at" in progress else []
+    since = progress.loc[restarts[-1]:] if len(restarts) else progress  # the pace since the last restart
     done = step - int(since["step"].iloc[0])
     seconds = float(since["time"].iloc[-1] - since["time"].iloc[0])
     if done <= 0 or seconds <= 0:
