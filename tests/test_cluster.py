@@ -28,6 +28,14 @@ def test_gpu_cluster_has_gpu_workers_and_installs_the_project():
     assert any("pip install -e ." in c for c in config["setup_commands"])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _submit(cmd, env, deadline):
     """``ray job submit``, retried while the fresh head (or its job agent) is still starting."""
     while True:
@@ -44,10 +52,15 @@ def test_search_as_a_ray_job_on_a_head_node(tmp_path, tiny_models):
     # Token authentication is on by default for local clusters in Ray 2.60; this test cluster is on loopback.
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
     port, dashboard = "6390", "8275"
+    # The agents' own ports: free ones, not Ray's defaults, which another Ray instance on this machine (a
+    # benchmark, a notebook) may hold; the job server answers "No available agent" while its agent cannot bind.
+    agent_ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                           "runtime-env-agent-port", "metrics-export-port")]
     # --block keeps `ray start` in the foreground: stopping it stops this head only, not other Ray instances.
     head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
                              "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dashboard}", "--include-dashboard=true", "--disable-usage-stats"],
+                             f"--dashboard-port={dashboard}", "--include-dashboard=true", "--disable-usage-stats",
+                             *agent_ports],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         teacher, supernet = tiny_models
