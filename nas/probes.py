@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluators.quality import EvalSet
+from evaluators.quality import EvalSet, psnr
 from nas.data import to_uint8
 from nas.files import atomic_write, atomic_write_text, staged_folder
 
@@ -38,12 +38,6 @@ if TYPE_CHECKING:
 PROBE_COUNT = 4
 PROBE_SIZE = 128
 HEAT_MAX = 0.25  # |student - teacher| (in [0, 1] units) drawn at full heat; larger differences saturate
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of two images in [-1, 1], as 8-bit pictures (what the files hold)."""
-    mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean())
-    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
 
 
 def save_png(image: torch.Tensor | np.ndarray, path: Path) -> None:

@@ -33,7 +33,7 @@ from nas.checkpoint import load_generator
 from nas.cli import (Parser, add_dataclass_arguments, dataclass_from_args, dataclass_from_stored, flag_value,
                      parse_budget, run)
 from nas.defaults import DEFAULT_WEIGHTS, default_teacher, shipped_manifest
-from nas.files import atomic_write_text, check_output_folder
+from nas.files import atomic_write_text, check_output_folder, read_json
 from nas.methods import Method, SearchContext, get_method, list_methods
 from nas.methods.base import QUALITIES, absolute_paths, check_range, resolve_space
 from nas.probes import Probes
@@ -383,7 +383,7 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
                                                        "fid", "kid", "fid_images", "fid_real_images")}}
         best_dir = out / "best"
         report_file = best_dir / "export.json"
-        done = _read_json(report_file) or {}  # missing or damaged (an interrupted run): exported again
+        done = read_json(report_file) or {}  # missing or damaged (an interrupted run): exported again
         # (ofa fine-tunes the best subnet when it exports it; students trained per trial export as they are)
         finetune_steps = None if method.trains else getattr(options.method_options, "finetune_steps", None)
         if done.get("config") != row["config"] or done.get("finetune_steps") != finetune_steps \
@@ -403,14 +403,6 @@ def finish(method: Method, options: SearchOptions, table: ResultsTable, out: Pat
             best["kept"] = report.get("kept", "finetuned")
         best["quality"] = exported.score  # what best/ holds
     info.best, info.front = best, front.front_rows["config"].tolist()
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON in ``path``, or None where it is missing or not JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _number(value: Any) -> float | None:

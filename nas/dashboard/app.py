@@ -18,7 +18,7 @@ from dash import Input, Output, State, dash_table, dcc, html
 from flask import abort, send_file
 
 from nas.dashboard import figures
-from nas.dashboard.data import CONVENTIONS, METRICS, RunsCache, RunView
+from nas.dashboard.data import CONVENTIONS, METRICS, RunsCache, RunView, number
 from evaluators.macs import format_macs
 from evaluators.quality import format_share
 
@@ -75,13 +75,10 @@ def _src(run: RunView, rel: str) -> str:
 
 def _number(value: Any, form: Any) -> str:
     """``value`` through ``form`` (a format string or a function); "n/a" where there is no number (a failed trial's)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
+    x = number(value)
+    if x is None:
         return "n/a"
-    if number != number:
-        return "n/a"
-    return form(number) if callable(form) else form.format(number)
+    return form(x) if callable(form) else form.format(x)
 
 
 def _db(value: float | None) -> str:

@@ -4,7 +4,6 @@ becomes a message shown in the page."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from evaluators.quality import higher_is_better
+from nas.files import read_json
 from nas.pareto import ParetoFront, hypervolume_history, pareto_front
 from nas.results import ResultsTable
 from nas.runs import STALE_SECONDS, RunFolder, RunInfo, find_runs
@@ -96,7 +96,7 @@ class RunView:
             teacher_quality = teacher.get(self.metric if metric == "quality" else metric)
             if metric == "share":
                 teacher_quality = 1.0 if info.baseline_val_psnr is not None else None
-            teacher_quality = _float(teacher_quality)
+            teacher_quality = number(teacher_quality)
             if teacher_quality is not None and not math.isfinite(teacher_quality):  # its fidelity to itself
                 teacher_quality = None
             own = convention == info.convention  # the budget and the teacher's MACs are in the run's convention
@@ -145,15 +145,15 @@ class RunView:
         if not len(quality):
             return None
         row = feasible.loc[quality.idxmax() if higher_is_better(self.metric) else quality.idxmin()]
-        return {"quality": float(row["quality"]), "share": _float(row.get("share")), "config": row["config"],
+        return {"quality": float(row["quality"]), "share": number(row.get("share")), "config": row["config"],
                 "trial_id": str(row["trial_id"])}
 
     def pictures(self, trial_id: str) -> dict[str, Any] | None:
         """probe.json of a candidate with pictures, None where it has none."""
-        return _read_json(self.folder.probes_dir / "trials" / trial_id / "probe.json")
+        return read_json(self.folder.probes_dir / "trials" / trial_id / "probe.json")
 
     def probe_crops(self) -> list[dict[str, Any]]:
-        data = _read_json(self.folder.probes_dir / "probes.json") or {}
+        data = read_json(self.folder.probes_dir / "probes.json") or {}
         return data.get("crops", []) if isinstance(data, dict) else []
 
     def trial_progress(self) -> list[dict[str, Any]]:
@@ -171,26 +171,20 @@ class RunView:
                 continue
             if not len(progress):
                 continue
-            info = _read_json(record.parent / "trial.json") or {}
+            info = read_json(record.parent / "trial.json") or {}
             trial_id = record.parent.name
             out.append({"trial_id": trial_id, "progress": progress,
                         "in_flight": running and trial_id not in finished and info.get("status") == "running"})
         return out
 
 
-def _float(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """``value`` as a float; None where it is none (None, NaN read back from a table, text)."""
     try:
         number = float(value)
     except (TypeError, ValueError):
         return None
     return None if number != number else number
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_run(folder: RunFolder, key: str) -> RunView:
