@@ -227,6 +227,14 @@ def test_empty_folder_and_bad_arguments(tmp_path):
     done = subprocess.run([sys.executable, "-m", "nas.dashboard", str(tmp_path / "missing")], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "nas.dashboard", str(tmp_path), "--port", str(port)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and f"cannot serve on 127.0.0.1:{port}" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------- a browser

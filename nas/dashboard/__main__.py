@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(root, interval_s=args.interval)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     try:
+        # bound here first: werkzeug reports a taken port in several lines and exits 1
+        with socket.create_server((args.host, args.port)):
+            pass
         server = make_server(args.host, args.port, app.server, threaded=True)
     except OSError as exc:
         raise UserError(f"cannot serve on {args.host}:{args.port} ({exc.strerror or exc}); pass another --port "
