@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -23,13 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from nas.cli import Parser, at_least, run
+from nas.dashboard import browser
 from nas.dashboard.app import render
 from nas.dashboard.data import RunsCache
 from nas.results import ResultsTable
 from nas.runs import RunFolder
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
 
 def grow(base: Path, out: Path, trials: int, seed: int = 0) -> None:
     """A copy of ``base`` whose table has ``trials`` rows: its rows repeated with MACs and quality spread."""
@@ -69,23 +66,15 @@ def server_times(root: Path, repeats: int) -> dict[str, float]:
 
 def browser_time(root: Path, points: int) -> float | None:
     """Seconds from navigation to every candidate's point drawn; None without Chromium."""
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    if not browser.available():
         return None
-    os.environ["SE_OFFLINE"] = "true"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from werkzeug.serving import make_server
 
     from nas.dashboard.app import build_app
 
     server = make_server("127.0.0.1", 0, build_app(root).server, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-                 "--disable-dev-shm-usage", "--no-first-run", "--window-size=1400,1600"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = browser.open_chrome()
     count = ("const gd = document.querySelector('#pareto .js-plotly-plot'); if (!gd || !gd._fullData) return -1;"
              "return gd._fullData.filter(t => /candidates|over the budget/.test(t.name))"
              ".reduce((n, t) => n + t.x.length, 0);")

@@ -239,29 +239,15 @@ def test_empty_folder_and_bad_arguments(tmp_path):
 
 # ----------------------------------------------------------------------------------------- a browser
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-# the offline flags of ../shared/DASHBOARD.md: software WebGL, no sandbox (root in a container), nothing fetched
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-dev-shm-usage",
-         "--no-first-run", "--window-size=1400,1600")
-
-
 @pytest.fixture
 def browser():
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        reason = f"no {CHROMIUM} and {CHROMEDRIVER} (apt-get install --no-install-recommends chromium chromium-driver)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    os.environ["SE_OFFLINE"] = "true"  # selenium never looks for a driver to download
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from nas.dashboard.browser import MISSING, available, open_chrome
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    if not available():
+        if os.environ.get("CI") == "true":
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
+    driver = open_chrome(console_log=True)
     yield driver
     driver.quit()
 
