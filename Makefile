@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Two test workers on two cores; torch's own threads would only fight them.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean screenshot bench-methods
+.PHONY: venv demo inspect test test-slow bench bench-overhead gpu-check gpu-check-wheels clean screenshot bench-methods bench-ofa
 
 venv: $(VENV)/.installed
 
@@ -22,12 +22,16 @@ inspect: venv
 		$(PY) -m nas.inspect --space $$space --config min || exit 1; echo; done
 
 bench: venv
-	$(PY) bench/ofa_sr4x.py
+	$(PY) bench/ofa_sr4x.py --finetune-steps 500
 	$(PY) bench/search_overhead.py --shipped
 	$(PY) bench/method_sr4x.py --method kd
 	$(PY) bench/method_sr4x.py --method prune --space inception
 	$(PY) bench/method_sr4x.py --method dmask --space resnet
 	$(PY) bench/sampler_efficiency.py
+
+# Once-for-all on sr4x, both shipped families, its JSON kept (about an hour on 2 CPU cores)
+bench-ofa: venv
+	$(PY) bench/ofa_sr4x.py --families resnet inception --finetune-steps 500 --json bench/results/ofa_sr4x.json $(ARGS)
 
 # Five methods at three budgets through nas.search (hours on 2 CPU cores; continue with ARGS=--resume)
 bench-methods: venv

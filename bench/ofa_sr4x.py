@@ -1,7 +1,8 @@
 """Once-for-all compression on sr4x, judged on whole test photos: inherited, fine-tuned and from scratch.
 
     python bench/ofa_sr4x.py [--weights weights/sr4x] [--families resnet inception] [--threads 1]
-                             [--finetune-steps N] [--json runs/bench_ofa.json]
+                             [--finetune-steps N] [--json bench/results/ofa_sr4x.json]
+    python bench/ofa_sr4x.py --report bench/results/ofa_sr4x.json      # the tables of a kept JSON
 
 For each family's shipped supernet it picks subnets at about 1/4, 1/10 and 1/20 of the teacher's
 MACs (the best val PSNR among the largest sampled configs under each target, inherited weights),
@@ -16,7 +17,8 @@ teacher's gain over bicubic kept, for
   count for the scratch baseline.
 It also measures CPU latency against the teacher in the same run (interleaved, median of 25), and
 the teacher and the 1/10 students on inputs downscaled with Pillow's bicubic instead of the
-project's antialiased torch bicubic (as many users' photos are). Prints tables; asserts nothing.
+project's antialiased torch bicubic (as many users' photos are). Prints the README's tables (markdown);
+asserts nothing.
 Stops when the teacher is less than 0.5 dB above bicubic on the test mean: no share can rank students.
 """
 
@@ -31,15 +33,16 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from evaluators.latency import latencies
-from evaluators.quality import MIN_TEACHER_GAIN_DB, EvalSet, Quality, Reference, evaluate_on, format_share, reference
+from evaluators.quality import MIN_TEACHER_GAIN_DB, EvalSet, Reference, evaluate_on, format_share, reference
 from nas import train
-from nas.checkpoint import load_generator, load_supernet
+from nas.checkpoint import load_generator, load_supernet, safe_load
 from nas.data import SR_SCALE, Task, load_task, photo, to_tensor, upscale
 from nas.export import finetune_subnet
 from nas.files import atomic_write_text, check_output_file, check_output_folder
@@ -71,19 +74,20 @@ def pick_subnet(supernet, target_macs: float, ref: Reference, candidates: int = 
 
 def train_from_scratch(space_file: str, config: str, steps: int, seed: int, out: Path) -> tuple[torch.nn.Module, str]:
     """The subnet trained alone by the project's own teacher trainer (L1 to ground truth, no teacher)
-    into ``out``; returns the model and the command that trains it. A finished run of the same
-    command there is reused (anything else there is replaced)."""
+    into ``out``; returns the model and the command that trains it. A run of the same command there
+    is reused, and continued from its checkpoint when it was stopped (anything else there is replaced)."""
     argv = ["teacher", "--space", space_file, "--config", config, "--task", "sr4x", "--out", str(out),
             "--steps", str(steps), "--batch-size", "16", "--crop", "64", "--lr", "0.0004", "--seed", str(seed),
-            "--eval-every", str(steps), "--checkpoint-every", str(steps), "--device", "cpu"]
+            "--eval-every", str(steps), "--checkpoint-every", str(min(steps, 500)), "--device", "cpu"]
     command = "python -m nas.train " + " ".join(argv)
-    done = out / "command.txt"
-    if not (done.is_file() and done.read_text() == command and (out / "checkpoint.pth").is_file()):
+    recorded, checkpoint = out.with_name(out.name + ".command.txt"), out / "checkpoint.pth"
+    if not (recorded.is_file() and recorded.read_text() == command):
         shutil.rmtree(out, ignore_errors=True)
+        atomic_write_text(recorded, command)
+    if not (checkpoint.is_file() and safe_load(checkpoint)["step"] >= steps):
         with contextlib.redirect_stdout(io.StringIO()):
-            train.main([*argv, "--no-progress"])
-        atomic_write_text(done, command)
-    return load_generator(out / "checkpoint.pth").module.eval(), command
+            train.main([*argv, "--no-progress", *(["--resume"] if checkpoint.is_file() else [])])
+    return load_generator(checkpoint).module.eval(), command
 
 
 def pillow_test_set(task: Task) -> EvalSet:
@@ -98,18 +102,50 @@ def pillow_test_set(task: Task) -> EvalSet:
     return EvalSet("test (Pillow bicubic)", tuple(task.test.names), tuple(inputs), tuple(targets), baseline="bicubic")
 
 
-def print_per_image(title: str, ref: Reference, students: dict[str, Quality]) -> None:
-    names = ref.eval_set.names
-    print(f"\n{title}: PSNR per image (share of the teacher's gain in brackets where the teacher gains >= "
-          f"{MIN_TEACHER_GAIN_DB} dB on that image)")
-    print(f"{'':<22}" + "".join(f"{n:>22}" for n in names) + f"{'mean':>22}")
-    print(f"{'bicubic':<22}" + "".join(f"{ref.baseline.per_image[n]['psnr']:>22.2f}" for n in names)
-          + f"{ref.baseline.psnr:>22.2f}")
-    print(f"{'teacher':<22}" + "".join(f"{ref.teacher.per_image[n]['psnr']:>22.2f}" for n in names)
-          + f"{ref.teacher.psnr:>22.2f}")
-    for label, q in students.items():
-        cells = [f"{q.per_image[n]['psnr']:.2f} ({format_share(q.per_image[n]['share'])})" for n in names]
-        print(f"{label:<22}" + "".join(f"{c:>22}" for c in cells) + f"{f'{q.psnr:.2f} ({format_share(q.share)})':>22}")
+def _cell(quality: dict[str, Any]) -> str:
+    return f"{quality['psnr']:.2f} ({format_share(quality['share'])})"
+
+
+def _per_photo_table(title: str, teacher: dict[str, Any], bicubic: dict[str, Any],
+                     students: dict[str, dict[str, Any]]) -> list[str]:
+    names = list(teacher["per_image"])
+    row = lambda label, cells, mean: f"| {label} | " + " | ".join(cells) + f" | {mean} |"  # noqa: E731
+    return [title, "", "| | " + " | ".join(names) + " | mean |", "|---|" + "---|" * (len(names) + 1),
+            row("bicubic", [f"{bicubic['per_image'][n]['psnr']:.2f}" for n in names], f"{bicubic['psnr']:.2f}"),
+            row("teacher", [f"{teacher['per_image'][n]['psnr']:.2f}" for n in names], f"{teacher['psnr']:.2f}"),
+            *(row(label, [_cell(q["per_image"][n]) for n in names], _cell(q)) for label, q in students.items())]
+
+
+def tables_markdown(data: dict[str, Any]) -> str:
+    """The README's tables of a kept JSON (as ``json.load`` gives it back): the subnets, then per test photo
+    the fine-tuned students, and the same on Pillow's bicubic inputs."""
+    rows = data["rows"]
+    threads = list(rows[0]["speedup"]) if rows else []
+    head = ["subnet", "config", "MACs", "x fewer", "inherited PSNR (share)", "fine-tuned PSNR / SSIM (share)",
+            "from scratch PSNR (share)", "fine-tuned - scratch",
+            *(f"speedup, {n} thread{'s' if n != '1' else ''} (/ MACs ratio)" for n in threads)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ft = r["finetuned"]
+        points = ("n/a" if ft["share"] is None or r["scratch"]["share"] is None
+                  else f"{100 * (ft['share'] - r['scratch']['share']):+.0f} points")
+        lines.append(f"| {r['subnet']} | `{r['config']}` | {r['macs'] / 1e9:.3f}G | {r['macs_ratio']:.1f} | "
+                     f"{_cell(r['inherited'])} | {ft['psnr']:.2f} / {ft['ssim']:.3f} ({format_share(ft['share'])}) | "
+                     f"{_cell(r['scratch'])} | {points} | "
+                     + " | ".join(f"{r['speedup'][n]:.1f}x ({r['speedup'][n] / r['macs_ratio']:.2f})" for n in threads)
+                     + " |")
+    if rows:
+        teacher_ms = ", ".join(f"{rows[0]['latency_s'][n] * rows[0]['speedup'][n] * 1e3:.1f} ms on {n} "
+                               f"thread{'s' if n != '1' else ''}" for n in threads)
+        lines += ["", f"Teacher latency per 256x256 image: {teacher_ms}."]
+    bicubic, teacher = data["bicubic"], data["teacher"]
+    lines += ["", *_per_photo_table(
+        f"Test PSNR per photo, fine-tuned students (share in brackets where the teacher gains at least "
+        f"{MIN_TEACHER_GAIN_DB} dB on that photo):", teacher["test"], bicubic["test"],
+        {f"{r['subnet']} fine-tuned": r["finetuned"] for r in rows})]
+    lines += ["", *_per_photo_table("The same photos downscaled with Pillow's bicubic:", teacher["test_pillow"],
+                                    bicubic["test_pillow"], data["pillow_students"])]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--threads", type=at_least(1), nargs="+", default=[1], help="CPU threads of the latency runs")
     p.add_argument("--scratch-out", default="runs/bench_ofa_scratch", help="where the from-scratch models are trained")
+    p.add_argument("--report", metavar="JSON", help="only print the tables of a kept JSON")
     args = p.parse_args(argv)
+    if args.report:
+        print(tables_markdown(read_kept(args.report)))
+        return
     if args.json:
         check_output_file(args.json, "--json")
     check_output_folder(args.scratch_out, "--scratch-out")
@@ -180,30 +220,32 @@ def main(argv: list[str] | None = None) -> None:
                          "supernet_steps": record["step"], "scratch_steps": scratch_steps,
                          "scratch_seconds": scratch_seconds, "scratch_command": command})
     lat = {n: latencies(students, threads=n) for n in args.threads}
-    header = (f"{'subnet':<16}{'MACs':>8}{'x fewer':>9}{'inherited':>16}{'fine-tuned':>16}{'scratch':>16}"
-              f"{'ft - scratch':>14}" + "".join(f"{f'speedup@{n}':>11}{'/MACs':>7}" for n in args.threads))
-    print(f"\ntest split (whole photos): mean PSNR (share of the teacher's gain over bicubic)\n{header}\n"
-          + "-" * len(header))
     for row in rows:
         row["latency_s"] = {n: lat[n][row["subnet"]] for n in args.threads}
         row["speedup"] = {n: lat[n]["teacher"] / lat[n][row["subnet"]] for n in args.threads}
-        cells = [f"{row[k]['psnr']:.2f} ({format_share(row[k]['share'])})" for k in ("inherited", "finetuned", "scratch")]
-        points = 100 * (row["finetuned"]["share"] - row["scratch"]["share"])
-        print(f"{row['subnet']:<16}{row['macs'] / 1e9:>7.3f}G{row['macs_ratio']:>9.1f}" + "".join(f"{c:>16}" for c in cells)
-              + f"{points:>+12.0f}pt" + "".join(f"{row['speedup'][n]:>10.1f}x{row['speedup'][n] / row['macs_ratio']:>7.2f}"
-                                                for n in args.threads))
-    teacher_ms = ", ".join(f"{lat[n]['teacher'] * 1e3:.1f} ms on {n} thread{'s' if n > 1 else ''}" for n in args.threads)
-    print(f"teacher latency per 256x256 image on this CPU: {teacher_ms}")
-    print_per_image("test split, fine-tuned students", test_ref,
-                    {k.removesuffix(" finetuned"): v for k, v in qualities.items() if k.endswith("finetuned")})
-    print_per_image("test split downscaled with Pillow's bicubic", pil_ref, pil_students)
-    if args.json:
-        atomic_write_text(args.json, json.dumps({
-            "teacher": {"config": teacher.space.encode(teacher.config), "macs": t_macs, "test": test_ref.teacher.as_dict(per_image=True),
+    data = {"command": "python bench/ofa_sr4x.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d"), "finetune_steps": args.finetune_steps,
+            "teacher": {"config": teacher.space.encode(teacher.config), "macs": t_macs,
+                        "test": test_ref.teacher.as_dict(per_image=True),
                         "test_pillow": pil_ref.teacher.as_dict(per_image=True)},
-            "bicubic": {"test": test_ref.baseline.as_dict(per_image=True), "test_pillow": pil_ref.baseline.as_dict(per_image=True)},
+            "bicubic": {"test": test_ref.baseline.as_dict(per_image=True),
+                        "test_pillow": pil_ref.baseline.as_dict(per_image=True)},
             "pillow_students": {k: v.as_dict(per_image=True) for k, v in pil_students.items()},
-            "rows": rows}, indent=2) + "\n")
+            "rows": rows}
+    text = json.dumps(data, indent=2) + "\n"
+    if args.json:
+        atomic_write_text(args.json, text)
+    print("\n" + tables_markdown(json.loads(text)))  # through JSON, as --report reads it: one format
+
+
+def read_kept(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not {"rows", "teacher", "bicubic"} <= set(data):
+            raise ValueError("rows, teacher or bicubic missing")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--report {path}: not a JSON this benchmark wrote ({exc})") from None
+    return data
 
 
 if __name__ == "__main__":
