@@ -2,8 +2,8 @@
 
     python bench/ofa_levers.py [--levers base distill1.0 ...] [--out runs/levers] [--evaluate-only]
 
-Each lever is the shipped resnet supernet's training command with one change (``LEVERS``); ``base``
-is the shipped supernet itself unless ``--retrain-base``.
+Each lever is the resnet supernet's 3000-step training command (the shipped supernets' command
+before training length was measured) with one change (``LEVERS``); ``base`` is that command as it is.
 Runs that are missing are trained (resumed where a checkpoint is there: long runs can be stopped
 and continued); then, for each, the 1/10 subnet chosen on the base supernet (the same architecture
 for every lever) is measured on the val split (whole photos) with inherited weights and after the
@@ -35,14 +35,13 @@ BASE = ["supernet", "--space", "spaces/sr4x/resnet.yaml", "--teacher", "weights/
         "--crop", "64", "--lr", "0.0004", "--seed", "0", "--eval-every", "1000", "--checkpoint-every", "500",
         "--device", "cpu", "--no-progress"]
 LEVERS = {
-    "base": [],  # the shipped supernet's command
+    "base": [],  # the 3000-step command
     "steps6000": ["--steps", "6000"],  # training length
     "distill1.0": ["--distill-weight", "1.0"],  # distillation weight
     "layers6": ["--distill-layers", "6"],  # distillation layers: every trunk block instead of 3
     "lr1e-3": ["--lr", "0.001"],  # learning rate
     "no-max": ["--sandwich", "min,random,random,random"],  # sandwich schedule: the largest subnet's steps go to random ones
 }
-SHIPPED_BASE = Path("weights/sr4x/supernet_resnet.pth")
 
 
 def train_lever(name: str, out: Path) -> Path:
@@ -68,9 +67,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fraction", type=at_least(1), default=10)
     p.add_argument("--finetune-steps", type=at_least(0), default=FINETUNE_STEPS)
     p.add_argument("--evaluate-only", action="store_true", help="measure the runs that are there, train nothing")
-    p.add_argument("--retrain-base", action="store_true",
-                   help=f"train base too (default: {SHIPPED_BASE}, which its command made: training is a function "
-                        "of seed and step)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     if args.json:
@@ -86,9 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, config = [], None
     for name in levers:
         checkpoint = out / name / "checkpoint.pth"
-        if name == "base" and not args.retrain_base:
-            checkpoint = SHIPPED_BASE
-        elif not args.evaluate_only:
+        if not args.evaluate_only:
             train_lever(name, out)
         if not checkpoint.exists():
             print(f"{name}: no checkpoint at {checkpoint}; skipped")
@@ -105,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         inherited = evaluate_on(supernet.extract(config), ref.eval_set, ref)
         tuned = evaluate_on(finetune_subnet(supernet.extract(config), record, teacher.module, task,
                                             steps=args.finetune_steps, progress=False), ref.eval_set, ref)
-        rows.append({"lever": name, "change": " ".join(LEVERS[name]) or "(shipped command)",
+        rows.append({"lever": name, "change": " ".join(LEVERS[name]) or "(3000-step command)",
                      "train_seconds": record["train_seconds"], "max_psnr": largest.psnr, "psnr": inherited.psnr,
                      "share": inherited.share, "finetuned_psnr": tuned.psnr, "finetuned_share": tuned.share})
         print(f"{name}: max {largest.psnr:.3f}, 1/{args.fraction} inherited {inherited.psnr:.3f} "
