@@ -28,6 +28,7 @@ from nas.dashboard.data import RunsCache
 from nas.results import ResultsTable
 from nas.runs import RunFolder
 
+
 def grow(base: Path, out: Path, trials: int, seed: int = 0) -> None:
     """A copy of ``base`` whose table has ``trials`` rows: its rows repeated with MACs and quality spread."""
     shutil.copytree(base, out, ignore=shutil.ignore_patterns("tune", "best", "fetched", "optuna.db"))
